@@ -1,0 +1,32 @@
+# The two commands: `make run` sets everything up and runs the embedded default,
+# `make test` runs the whole suite (lint, types, tests). CI calls `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup lint bench clean
+
+run: setup
+	$(BIN)/driftlock up
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+setup: $(STAMP)
+	@ops/ensure-nats-server.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+bench: setup
+	$(BIN)/python -m bench.pipeline
+
+clean:
+	rm -rf $(VENV) .driftlock .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+"""DriftLock: real-time anomaly detection on NATS JetStream."""
+
+__version__ = "0.1.0"

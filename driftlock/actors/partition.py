@@ -1,0 +1,270 @@
+"""A partition worker: restores its partition, pulls batches from `last_applied_seq + 1`,
+hands each actor its slice, publishes anomalies and rejects, then commits every state change
+with the new `last_applied_seq` in one LMDB transaction.
+
+Anomalies are published (and acknowledged by JetStream) before the commit. A crash in
+between replays the batch; detection is deterministic, so the replay makes the same anomaly
+ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what it stored.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from driftlock.actors.actor import StreamActor
+from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
+from driftlock.bus.feed import Delivery, PartitionFeed
+from driftlock.bus.partition import partition_of
+from driftlock.bus.subjects import PROBE_TENANT, Subjects
+from driftlock.detect import RobustDetector
+from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
+from driftlock.state.store import StateStore, actor_key
+from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
+from driftlock.wire.payload import DecodedPoints, decode_points
+
+log = logging.getLogger("driftlock.partition")
+
+StreamKey = tuple[str, str]
+Slice = tuple[DecodedPoints, int]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    partitions: int
+    pull_batch: int
+    max_points_per_message: int
+    passivate_after_s: float
+
+
+class PartitionWorker:
+    def __init__(
+        self,
+        partition: int,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        store: StateStore,
+        subjects: Subjects,
+        detector: RobustDetector,
+        metrics: NodeMetrics,
+        config: WorkerConfig,
+    ) -> None:
+        self.partition = partition
+        self._nc, self._js, self._store = nc, js, store
+        self._subjects, self._detector, self._metrics = subjects, detector, metrics
+        self._config = config
+        self._actors: dict[StreamKey, StreamActor] = {}
+        self._stopping = asyncio.Event()
+        self._feed: PartitionFeed | None = None
+        self._last_passivation = time.monotonic()
+        self.last_applied_seq = 0
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            partition=self.partition,
+            last_applied_seq=self.last_applied_seq,
+            lag=self._feed.pending if self._feed else 0,
+            active_actors=len(self._actors),
+        )
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it, then return from run()."""
+        self._stopping.set()
+        if self._feed is not None:
+            self._feed.wake()
+
+    async def run(self) -> None:
+        self.last_applied_seq = self._store.read_meta(self.partition).last_applied_seq
+        self._feed = PartitionFeed(
+            self._nc,
+            self._js,
+            stream=self._subjects.events_stream,
+            filter_subject=self._subjects.partition_filter(self.partition),
+            pull_batch=self._config.pull_batch,
+        )
+        await self._feed.start(self.last_applied_seq + 1)
+        try:
+            while not self._stopping.is_set():
+                batch = await self._feed.next_batch(self._config.pull_batch)
+                if batch:
+                    await self._process(batch)
+                self._passivate_idle()
+        finally:
+            await self._feed.stop()
+
+    async def _process(self, batch: list[Delivery]) -> None:
+        started = time.perf_counter()
+        slices, rejects, last_seq = self._decode(batch)
+        if last_seq == self.last_applied_seq:
+            return
+        anomalies: list[Anomaly] = []
+        points = 0
+        for (tenant, metric), parts in slices.items():
+            actor = self._actor(tenant, metric)
+            ts, values, seqs, indexes = _concatenate(parts)
+            anomalies += actor.apply(self._detector, ts, values, seqs, indexes)
+            points += len(values)
+        await self._publish_anomalies(anomalies)
+        await self._publish_rejects(rejects)
+        dirty = {
+            actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in self._dirty()
+        }
+        await self._store.commit(self.partition, dirty, last_seq)
+        for actor in self._actors.values():
+            actor.dirty = False
+        self.last_applied_seq = last_seq
+        self._count(len(batch), points, anomalies, rejects, time.perf_counter() - started)
+
+    def _decode(self, batch: list[Delivery]) -> tuple[dict[StreamKey, list[Slice]], list[Reject], int]:
+        slices: dict[StreamKey, list[Slice]] = {}
+        rejects: list[Reject] = []
+        last_seq = self.last_applied_seq
+        for d in batch:
+            if d.seq <= last_seq:  # already applied: a replayed or re-delivered message
+                continue
+            last_seq = d.seq
+            tokens = d.subject.split(".")
+            tenant = tokens[3] if len(tokens) > 3 else "_"
+            metric = tokens[4] if len(tokens) > 4 else ""
+            if tenant == PROBE_TENANT:
+                continue
+            problem = self._check_ids(d.subject, tokens)
+            if problem is not None:
+                rejects.append(_reject(d, tenant, metric, problem[0], problem[1]))
+                continue
+            decoded = decode_points(
+                d.data, _content_type(d.headers), now=d.stored_at, max_points=self._config.max_points_per_message
+            )
+            for error in decoded.errors:
+                rejects.append(_reject(d, tenant, metric, error.reason, error.detail, error.index))
+            if len(decoded.values):
+                slices.setdefault((tenant, metric), []).append((decoded, d.seq))
+        return slices, rejects, last_seq
+
+    def _check_ids(self, subject: str, tokens: list[str]) -> tuple[RejectReason, str] | None:
+        if len(tokens) != 5:
+            return RejectReason.INVALID_SUBJECT, f"{subject}: expected {self._subjects.prefix}.in.<tenant>.<metric>"
+        tenant, metric = tokens[3], tokens[4]
+        if not is_valid_tenant(tenant):
+            return RejectReason.INVALID_TENANT, f"{tenant!r}: {TENANT_RULE}"
+        if not is_valid_metric(metric):
+            return RejectReason.INVALID_METRIC, f"{metric!r}: {METRIC_RULE}"
+        if partition_of(tenant, metric, self._config.partitions) != self.partition:
+            # Published straight to a partition subject: accepting it would split the stream
+            # across two workers.
+            return RejectReason.INVALID_SUBJECT, f"{subject}: publish to {self._subjects.ingest(tenant, metric)}"
+        return None
+
+    def _actor(self, tenant: str, metric: str) -> StreamActor:
+        actor = self._actors.get((tenant, metric))
+        if actor is None:
+            record = self._store.read_actor(self.partition, tenant, metric)
+            actor = self._actors[(tenant, metric)] = StreamActor(tenant, metric, record)
+        return actor
+
+    def _dirty(self) -> Iterator[StreamActor]:
+        return (a for a in self._actors.values() if a.dirty)
+
+    async def _publish_anomalies(self, anomalies: list[Anomaly]) -> None:
+        """Publish until JetStream has acknowledged every anomaly (ids make retries safe)."""
+        delay = 0.1
+        while anomalies:
+            try:
+                futures = [
+                    await self._js.publish_async(
+                        self._subjects.anomaly_store(a.tenant, a.metric),
+                        json_encoder.encode(a),
+                        headers={"Nats-Msg-Id": a.id},
+                    )
+                    for a in anomalies
+                ]
+                await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
+                return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(
+                    "anomaly publish failed; retrying",
+                    extra={"partition": self.partition, "error": repr(exc), "count": len(anomalies)},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _publish_rejects(self, rejects: list[Reject]) -> None:
+        for r in rejects:
+            await self._nc.publish(self._subjects.rejected(r.tenant), json_encoder.encode(r))
+
+    def _passivate_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_passivation < 1.0:
+            return
+        self._last_passivation = now
+        horizon = now - self._config.passivate_after_s
+        idle = [k for k, a in self._actors.items() if not a.dirty and a.last_active < horizon]
+        for key in idle:
+            del self._actors[key]
+
+    def _count(
+        self, messages: int, points: int, anomalies: list[Anomaly], rejects: list[Reject], seconds: float
+    ) -> None:
+        m = self._metrics
+        m.messages.inc(messages)
+        m.events_applied.inc(points)
+        m.batch_seconds.observe(seconds)
+        for a in anomalies:
+            m.anomalies.labels(a.kind.value).inc()
+        for r in rejects:
+            m.rejects.labels(r.reason.value).inc()
+
+
+def _reject(
+    d: Delivery, tenant: str, metric: str, reason: RejectReason, detail: str, index: int | None = None
+) -> Reject:
+    return Reject(
+        tenant=tenant,
+        metric=metric,
+        subject=_producer_subject(d.subject),
+        reason=reason,
+        detail=detail,
+        seq=d.seq,
+        index=index,
+        rejected_at=time.time(),
+    )
+
+
+def _producer_subject(partition_subject: str) -> str:
+    """`<prefix>.p.<n>.<tenant>.<metric>` back to the `<prefix>.in.<tenant>.<metric>` the
+    producer published to."""
+    prefix, _, _, rest = partition_subject.split(".", 3)
+    return f"{prefix}.in.{rest}"
+
+
+def _content_type(headers: dict[str, str] | None) -> str | None:
+    if not headers:
+        return None
+    found = headers.get("Content-Type")
+    if found is None:
+        found = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    return found
+
+
+def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        decoded, seq = parts[0]
+        seqs = np.full(len(decoded.values), seq, dtype=np.int64)
+        return decoded.ts, decoded.values, seqs, decoded.index.astype(np.int64)
+    ts = np.concatenate([p.ts for p, _ in parts])
+    values = np.concatenate([p.values for p, _ in parts])
+    seqs = np.concatenate([np.full(len(p.values), s, dtype=np.int64) for p, s in parts])
+    indexes = np.concatenate([p.index for p, _ in parts]).astype(np.int64)
+    return ts, values, seqs, indexes

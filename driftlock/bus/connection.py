@@ -1,0 +1,36 @@
+"""A NATS connection that reconnects forever and whose callbacks log and never raise."""
+
+import logging
+
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger("driftlock.bus")
+
+
+async def _on_error(exc: Exception) -> None:
+    log.warning("nats error", extra={"error": repr(exc)})
+
+
+async def _on_disconnected() -> None:
+    log.warning("nats disconnected")
+
+
+async def _on_reconnected() -> None:
+    log.info("nats reconnected")
+
+
+async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
+    return await nats.connect(
+        url,
+        name=name,
+        connect_timeout=connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        # The pull feed buffers whole batches; nats-py's default 64 MiB is kept, but the
+        # message count limit must exceed a pull batch by far.
+        pending_size=256 * 1024 * 1024,
+        error_cb=_on_error,
+        disconnected_cb=_on_disconnected,
+        reconnected_cb=_on_reconnected,
+    )

@@ -1,0 +1,22 @@
+"""The partition of a stream, computed exactly as nats-server's `partition()` mapping does.
+
+nats-server hashes the concatenation of the selected tokens (no separator) with 32-bit
+FNV-1a and takes it modulo the partition count; tests check this against a real server.
+"""
+
+from functools import lru_cache
+
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+def fnv1a_32(data: bytes) -> int:
+    h = _FNV32_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return h
+
+
+@lru_cache(maxsize=65536)
+def partition_of(tenant: str, metric: str, partitions: int) -> int:
+    return fnv1a_32((tenant + metric).encode()) % partitions

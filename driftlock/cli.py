@@ -1,0 +1,124 @@
+"""The `driftlock` command. Every setting is a flag and a DRIFTLOCK_* environment variable;
+flags win. Run `driftlock <command> --help` for the settings of a command."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import uvloop
+
+from driftlock.bus.nats_config import mapping_block
+from driftlock.bus.subjects import Subjects
+from driftlock.errors import DriftLockError
+from driftlock.logs import configure_logging
+from driftlock.settings import Settings, load_settings
+
+log = logging.getLogger("driftlock.cli")
+
+COMMON = ("data_dir", "prefix", "partitions", "log_level")
+NODE = (
+    "node_id",
+    "metrics_host",
+    "metrics_port",
+    "pull_batch",
+    "max_points_per_message",
+    "passivate_after_s",
+    "lmdb_map_size",
+    "lmdb_sync",
+    "events_max_age_s",
+    "anomalies_max_age_s",
+    "duplicate_window_s",
+    "detector_window",
+    "detector_warmup",
+    "detector_threshold",
+)
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "up": (
+        "Run the embedded default: a local nats-server with JetStream (config and store under "
+        "--data-dir) and one node. Prints the NATS URL and examples.",
+        (*COMMON, "nats_host", "nats_port", *NODE),
+    ),
+    "node": (
+        "Run one node against an existing NATS server (--nats-url). The server must map "
+        "<prefix>.in.*.* to partitions: see `driftlock nats-config`.",
+        (*COMMON, "nats_url", *NODE),
+    ),
+    "nats-config": (
+        "Print the mappings block to add to an external nats-server's config.",
+        ("prefix", "partitions"),
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftlock",
+        description="Real-time anomaly detection on NATS JetStream. Producers publish to "
+        "<prefix>.in.<tenant>.<metric>; anomalies come out on <prefix>.anomaly.<tenant>.<metric>.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, fields) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        for field_name in fields:
+            _add_setting(sub, field_name)
+    return parser
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    info = Settings.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    default = info.get_default(call_default_factory=False)
+    shown = "" if default is None or callable(default) else f" (default {default})"
+    help_text = f"{info.description}{shown}; env DRIFTLOCK_{name.upper()}"
+    if info.annotation is bool:
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+    else:
+        parser.add_argument(flag, dest=name, metavar="VALUE", help=help_text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        settings = load_settings(**overrides)
+    except DriftLockError as exc:
+        print(f"driftlock: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "nats-config":
+        print(mapping_block(Subjects(settings.prefix), settings.partitions), end="")
+        return 0
+    configure_logging(settings.log_level)
+    return _run_service(args.command, settings)
+
+
+def _run_service(command: str, settings: Settings) -> int:
+    from driftlock.actors.node import Node
+    from driftlock.up import run_up
+
+    async def node(s: Settings, stop: asyncio.Event) -> None:
+        await Node(s).run(stop)
+
+    runner: Callable[[Settings, asyncio.Event], Awaitable[None]] = run_up if command == "up" else node
+    try:
+        uvloop.run(_until_signalled(runner, settings))
+    except DriftLockError as exc:
+        print(f"driftlock: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _until_signalled(
+    runner: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runner(settings, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""One typed settings object for every process, read from `DRIFTLOCK_*` environment variables
+and overridden by command-line flags; validated once at start."""
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from driftlock.detect import DetectorConfig
+from driftlock.errors import ConfigError
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOCK_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(Path(".driftlock"), description="directory for LMDB state and the managed nats-server")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL (`driftlock node`)")
+    nats_host: str = Field("127.0.0.1", description="address the managed nats-server listens on (`driftlock up`)")
+    nats_port: int = Field(4222, ge=-1, le=65535, description="port of the managed nats-server; -1 picks a free one")
+    prefix: str = Field("dl", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="subject prefix")
+    partitions: int = Field(64, ge=1, le=4096, description="partition count, fixed when DL_EVENTS is created")
+    node_id: str = Field(default_factory=_default_node_id, description="this node's id")
+    metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
+    metrics_port: int = Field(9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables")
+    pull_batch: int = Field(2000, ge=1, le=100_000, description="messages per pull request")
+    max_points_per_message: int = Field(10_000, ge=1, description="larger batches are rejected")
+    passivate_after_s: float = Field(300.0, gt=0, description="idle seconds before an actor leaves memory")
+    lmdb_map_size: int = Field(1 << 36, ge=1 << 20, description="LMDB map size in bytes (virtual)")
+    lmdb_sync: bool = Field(True, description="fsync LMDB data pages on commit")
+    events_max_age_s: float = Field(7 * 86400, gt=0, description="how long DL_EVENTS keeps events")
+    anomalies_max_age_s: float = Field(30 * 86400, gt=0, description="how long DL_ANOMALIES keeps anomalies")
+    duplicate_window_s: float = Field(3600, gt=0, description="DL_ANOMALIES de-duplication window")
+    detector_window: int = Field(128, ge=8, le=100_000, description="points in the rolling baseline")
+    detector_warmup: int = Field(64, ge=2, description="points before a stream is scored")
+    detector_threshold: float = Field(0.97, gt=0, lt=1, description="anomaly score threshold")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: str) -> str:
+        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must start with nats://, tls://, ws:// or wss://")
+        return value
+
+    @property
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig(
+            window=self.detector_window,
+            warmup=self.detector_warmup,
+            threshold=self.detector_threshold,
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit overrides, or a ConfigError naming every
+    bad field and where it came from."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            source = f"--{field.replace('_', '-')} / DRIFTLOCK_{field.upper()}"
+            lines.append(f"{source}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

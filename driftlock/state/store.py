@@ -1,0 +1,159 @@
+"""The LMDB environment of a node.
+
+Two databases: `meta` (key `<partition:05d>/`) and `actors` (key
+`<partition:05d>/<tenant>/<metric>`). Ids cannot contain `/`, so a partition is one key range
+of each that can be exported, dropped or restored on its own.
+
+All writes go through one writer thread that merges whatever commits are waiting into one
+transaction (group commit): the event loop never blocks on fsync, and at high load many
+partitions share one fsync.
+"""
+
+import asyncio
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from driftlock.state.records import ActorRecord, PartitionMeta, decode_actor, decode_meta, encode
+
+Puts = dict[bytes, bytes]
+"""Actor key → encoded record."""
+
+
+def partition_prefix(partition: int) -> bytes:
+    return b"%05d/" % partition
+
+
+def actor_key(partition: int, tenant: str, metric: str) -> bytes:
+    return partition_prefix(partition) + f"{tenant}/{metric}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    size_bytes: int
+    actors: int
+    commits: int
+    transactions: int
+
+
+class StateStore:
+    def __init__(self, path: Path, *, map_size: int = 1 << 36, sync: bool = True) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # metasync=False: the data pages are flushed on commit, the meta page later; a system
+        # crash may undo the last commit but never corrupts, and replay redoes that commit.
+        self._env = lmdb.open(
+            str(path), map_size=map_size, sync=sync, metasync=False, readahead=False, max_dbs=2
+        )
+        self._meta = self._env.open_db(b"meta")
+        self._actors = self._env.open_db(b"actors")
+        self._queue: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
+        self._commits = 0
+        self._transactions = 0
+        self._writer = threading.Thread(target=self._write_loop, name="lmdb-writer", daemon=True)
+        self._writer.start()
+
+    # -- reads (event loop; LMDB reads are lock-free and never block on writers) --
+
+    def read_meta(self, partition: int) -> PartitionMeta:
+        with self._env.begin(db=self._meta) as txn:
+            data = txn.get(partition_prefix(partition))
+        return decode_meta(data) if data is not None else PartitionMeta()
+
+    def read_actor(self, partition: int, tenant: str, metric: str) -> ActorRecord | None:
+        with self._env.begin(db=self._actors) as txn:
+            data = txn.get(actor_key(partition, tenant, metric))
+        return decode_actor(data) if data is not None else None
+
+    def iter_actors(self, partition: int) -> Iterator[tuple[str, str, ActorRecord]]:
+        prefix = partition_prefix(partition)
+        with self._env.begin(db=self._actors) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                tenant, metric = key[len(prefix) :].decode().split("/", 1)
+                yield tenant, metric, decode_actor(value)
+
+    def statistics(self) -> StoreStatistics:
+        info, stat = self._env.info(), self._env.stat()
+        with self._env.begin() as txn:
+            actors = txn.stat(self._actors)["entries"]
+        return StoreStatistics(
+            size_bytes=(info["last_pgno"] + 1) * stat["psize"],
+            actors=actors,
+            commits=self._commits,
+            transactions=self._transactions,
+        )
+
+    # -- writes (writer thread) --
+
+    async def commit(self, partition: int, actors: Puts, last_applied_seq: int) -> None:
+        """Write the actors' records and the partition's new last applied sequence atomically."""
+        meta = encode(PartitionMeta(last_applied_seq=last_applied_seq))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Commit(partition_prefix(partition), meta, actors, loop, done))
+        await done
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join()
+        self._env.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                group.append(item)
+            self._write_group(group)
+
+    def _write_group(self, group: list["_Commit"]) -> None:
+        try:
+            with self._env.begin(write=True) as txn:
+                for commit in group:
+                    for key, value in commit.actors.items():
+                        txn.put(key, value, db=self._actors)
+                    txn.put(commit.meta_key, commit.meta, db=self._meta)
+        except Exception as exc:  # surfaces in every waiting worker, which stops cleanly
+            for commit in group:
+                commit.loop.call_soon_threadsafe(_fail, commit.done, exc)
+            return
+        self._transactions += 1
+        self._commits += len(group)
+        for commit in group:
+            commit.loop.call_soon_threadsafe(_succeed, commit.done)
+
+
+@dataclass(slots=True)
+class _Commit:
+    meta_key: bytes
+    meta: bytes
+    actors: Puts
+    loop: asyncio.AbstractEventLoop
+    done: "asyncio.Future[None]"
+
+
+def _succeed(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _fail(future: "asyncio.Future[None]", exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

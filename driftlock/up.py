@@ -1,0 +1,84 @@
+"""`driftlock up`: the embedded default — a managed nats-server with JetStream under the data
+directory, plus one node — and the banner that tells the user where everything is."""
+
+import asyncio
+import errno
+import socket
+
+from driftlock.actors.node import Node
+from driftlock.bus.server import ManagedNatsServer
+from driftlock.bus.subjects import Subjects
+from driftlock.errors import ConfigError
+from driftlock.settings import Settings
+
+
+def check_port_free(host: str, port: int) -> None:
+    if port <= 0:
+        return
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"--nats-port {port}: {host}:{port} is already in use (another nats-server "
+                    "or DriftLock?); pass --nats-port -1 for a free port"
+                ) from None
+            raise
+
+
+async def run_up(settings: Settings, stop: asyncio.Event) -> None:
+    check_port_free(settings.nats_host, settings.nats_port)
+    subjects = Subjects(settings.prefix)
+    server = ManagedNatsServer(
+        base_dir=settings.data_dir.resolve() / "nats",
+        subjects=subjects,
+        partitions=settings.partitions,
+        host=settings.nats_host,
+        port=settings.nats_port,
+    )
+    url = await server.start()
+    try:
+        node = Node(settings.model_copy(update={"nats_url": url}))
+        await node.start()
+        try:
+            print(banner(url, subjects, node.metrics_port, settings), flush=True)
+            await stop.wait()
+        finally:
+            await node.shutdown()
+    finally:
+        server.stop()
+
+
+def banner(url: str, subjects: Subjects, metrics_port: int | None, settings: Settings) -> str:
+    metrics = (
+        f"http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_port else "disabled"
+    )
+    ingest = subjects.ingest("acme", "cpu")
+    return f"""
+DriftLock is running (Ctrl-C stops it).
+  NATS      {url}
+  metrics   {metrics}
+  data      {settings.data_dir.resolve()}
+
+Publish a point (JSON; a list of points is the fast path):
+  .venv/bin/python - <<'EOF'
+  import asyncio, nats
+  async def main():
+      nc = await nats.connect("{url}")
+      await nc.publish("{ingest}", b'{{"value": 0.93}}')
+      await nc.drain()
+  asyncio.run(main())
+  EOF
+
+Subscribe to anomalies:
+  .venv/bin/python - <<'EOF'
+  import asyncio, nats
+  async def main():
+      nc = await nats.connect("{url}")
+      sub = await nc.subscribe("{subjects.anomaly_all}")
+      async for msg in sub.messages:
+          print(msg.subject, msg.data.decode())
+  asyncio.run(main())
+  EOF
+"""

@@ -1,0 +1,233 @@
+"""Decoding of producer payloads (DESIGN §2) into arrays, with a precise reason for every
+point or message that cannot be used.
+
+Accepted shapes, as JSON (default) or msgpack (`Content-Type: application/msgpack`):
+`{"ts": 1732550400.0, "value": 0.93}`, `[ts, value]`, a list of either, or a bare number.
+`ts` is Unix seconds or an RFC 3339 string with an offset; a missing `ts` means the time the
+stream stored the message, which keeps replays deterministic.
+"""
+
+import math
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from driftlock.wire.messages import RejectReason
+
+MIN_TS = 946_684_800.0
+"""2000-01-01T00:00:00Z: earlier timestamps are almost always a unit or clock bug."""
+MAX_FUTURE_S = 86_400.0
+"""How far past the message's stored time a point may lie."""
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+_CONTENT_TYPES = {
+    None: JSON,
+    "": JSON,
+    JSON: JSON,
+    "text/json": JSON,
+    MSGPACK: MSGPACK,
+    "application/x-msgpack": MSGPACK,
+    "application/vnd.msgpack": MSGPACK,
+}
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.int32]
+
+
+class PointError(NamedTuple):
+    index: int | None
+    reason: RejectReason
+    detail: str
+
+
+class DecodedPoints(NamedTuple):
+    ts: FloatArray
+    values: FloatArray
+    index: IndexArray
+    errors: list[PointError]
+
+
+_Pairs = list[tuple[float, float]]
+_json_pairs = msgspec.json.Decoder(_Pairs)
+_msgpack_pairs = msgspec.msgpack.Decoder(_Pairs)
+_json_any = msgspec.json.Decoder()
+_msgpack_any = msgspec.msgpack.Decoder()
+_EMPTY_F = np.empty(0, dtype=np.float64)
+_EMPTY_I = np.empty(0, dtype=np.int32)
+
+
+def normalise_content_type(value: str | None) -> str | None:
+    """The canonical content type, or None when DriftLock does not read it."""
+    if value is not None:
+        value = value.split(";", 1)[0].strip().lower()
+    return _CONTENT_TYPES.get(value)
+
+
+def decode_points(
+    data: bytes, content_type: str | None, *, now: float, max_points: int
+) -> DecodedPoints:
+    """Decode one message. `now` is the message's stored time in Unix seconds."""
+    canonical = normalise_content_type(content_type)
+    if canonical is None:
+        return _whole(RejectReason.UNSUPPORTED_CONTENT_TYPE, f"content type {content_type!r}")
+    pairs = _fast_pairs(data, canonical)
+    if pairs is not None:
+        if len(pairs) > max_points:
+            return _too_large(len(pairs), max_points)
+        if not pairs:
+            return _whole(RejectReason.INVALID_SHAPE, "empty batch")
+        arr = np.array(pairs, dtype=np.float64).reshape(-1, 2)
+        index = np.arange(len(pairs), dtype=np.int32)
+        return _check_ranges(arr[:, 0].copy(), arr[:, 1].copy(), index, [], now)
+    try:
+        raw = (_json_any if canonical == JSON else _msgpack_any).decode(data)
+    except msgspec.DecodeError as exc:
+        return _whole(RejectReason.MALFORMED_PAYLOAD, f"not valid {canonical}: {exc}")
+    items = _as_items(raw)
+    if items is None:
+        return _whole(RejectReason.INVALID_SHAPE, _shape_help(raw))
+    if len(items) > max_points:
+        return _too_large(len(items), max_points)
+    if not items:
+        return _whole(RejectReason.INVALID_SHAPE, "empty batch")
+    return _decode_items(items, now)
+
+
+def _fast_pairs(data: bytes, content_type: str) -> _Pairs | None:
+    """The batch-of-pairs shape decoded straight into floats: the fast path."""
+    try:
+        return (_json_pairs if content_type == JSON else _msgpack_pairs).decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _as_items(raw: Any) -> list[Any] | None:
+    if isinstance(raw, dict) or _is_number(raw) or _is_pair(raw):
+        return [raw]
+    if isinstance(raw, list):
+        return raw
+    return None
+
+
+def _decode_items(items: list[Any], now: float) -> DecodedPoints:
+    ts = np.empty(len(items), dtype=np.float64)
+    values = np.empty(len(items), dtype=np.float64)
+    kept: list[int] = []
+    errors: list[PointError] = []
+    for i, item in enumerate(items):
+        point = _one_point(item, now)
+        if isinstance(point, PointError):
+            errors.append(point._replace(index=i))
+            continue
+        ts[len(kept)], values[len(kept)] = point
+        kept.append(i)
+    n = len(kept)
+    index = np.array(kept, dtype=np.int32)
+    return _check_ranges(ts[:n], values[:n], index, errors, now)
+
+
+def _one_point(item: Any, now: float) -> tuple[float, float] | PointError:
+    if _is_number(item):
+        return now, float(item)
+    if isinstance(item, dict):
+        if "value" not in item:
+            return PointError(None, RejectReason.INVALID_SHAPE, 'point object without "value"')
+        unknown = set(item) - {"ts", "value"}
+        if unknown:
+            fields = ", ".join(sorted(map(str, unknown)))
+            return PointError(None, RejectReason.INVALID_SHAPE, f"unknown fields: {fields}")
+        raw_ts, raw_value = item.get("ts"), item["value"]
+    elif _is_pair(item):
+        raw_ts, raw_value = item
+    else:
+        return PointError(None, RejectReason.INVALID_SHAPE, _shape_help(item))
+    if not _is_number(raw_value):
+        return PointError(None, RejectReason.NOT_A_NUMBER, f"value {_show(raw_value)}")
+    ts = _timestamp(raw_ts, now)
+    if isinstance(ts, PointError):
+        return ts
+    return ts, float(raw_value)
+
+
+def _timestamp(raw: Any, now: float) -> float | PointError:
+    if raw is None:
+        return now
+    if _is_number(raw):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            return PointError(None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}: not RFC 3339")
+        if parsed.tzinfo is None:
+            return PointError(
+                None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}: missing UTC offset"
+            )
+        return parsed.timestamp()
+    return PointError(None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}")
+
+
+def _check_ranges(
+    ts: FloatArray, values: FloatArray, index: IndexArray, errors: list[PointError], now: float
+) -> DecodedPoints:
+    """Vectorised checks on the decoded arrays: finite values, plausible timestamps."""
+    bad_value = ~np.isfinite(values)
+    bad_ts = ~np.isfinite(ts) | (ts < MIN_TS) | (ts > now + MAX_FUTURE_S)
+    bad = bad_value | bad_ts
+    if not bad.any():
+        return DecodedPoints(ts, values, index, errors)
+    for j in np.flatnonzero(bad):
+        errors.append(_range_error(int(index[j]), float(ts[j]), float(values[j]), now))
+    errors.sort(key=lambda e: -1 if e.index is None else e.index)
+    keep = ~bad
+    return DecodedPoints(ts[keep], values[keep], index[keep], errors)
+
+
+def _range_error(index: int, ts: float, value: float, now: float) -> PointError:
+    if not math.isfinite(value):
+        return PointError(index, RejectReason.NON_FINITE, f"value {value}")
+    if not math.isfinite(ts):
+        return PointError(index, RejectReason.NON_FINITE, f"ts {ts}")
+    hint = " (milliseconds? ts is in seconds)" if ts > now * 100 else ""
+    return PointError(
+        index,
+        RejectReason.TIMESTAMP_OUT_OF_RANGE,
+        f"ts {ts} outside [{MIN_TS:.0f}, stored time + {MAX_FUTURE_S:.0f}s]{hint}",
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_pair(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and len(x) == 2
+        and not isinstance(x[0], list | dict)
+        and not isinstance(x[1], list | dict)
+    )
+
+
+def _shape_help(raw: Any) -> str:
+    return (
+        f"got {_show(raw)}; expected {{\"ts\": …, \"value\": …}}, [ts, value], "
+        "a list of either, or a number"
+    )
+
+
+def _show(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _whole(reason: RejectReason, detail: str) -> DecodedPoints:
+    return DecodedPoints(_EMPTY_F, _EMPTY_F, _EMPTY_I, [PointError(None, reason, detail)])
+
+
+def _too_large(n: int, max_points: int) -> DecodedPoints:
+    return _whole(RejectReason.BATCH_TOO_LARGE, f"{n} points > limit {max_points}")
