@@ -36,6 +36,16 @@ class Node:
     _http: ThreadingHTTPServer | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def store(self) -> StateStore:
+        assert self._store is not None, "node not started"
+        return self._store
+
+    @property
+    def supervisor(self) -> Supervisor:
+        assert self._supervisor is not None, "node not started"
+        return self._supervisor
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down gracefully: every worker finishes and
         commits its batch in hand, then the connection drains."""
@@ -50,13 +60,14 @@ class Node:
         subjects = Subjects(s.prefix)
         self._nc = nc = await connect(s.nats_url, name=f"driftlock-node-{s.node_id}")
         js = nc.jetstream()
+        # Mapping first: a node set for the wrong partition count must not create DL_EVENTS.
+        await verify_partition_mapping(nc, subjects, s.partitions)
         await ensure_streams(
             js,
             subjects,
             s.partitions,
             StreamLimits(s.events_max_age_s, s.anomalies_max_age_s, s.duplicate_window_s),
         )
-        await verify_partition_mapping(nc, subjects, s.partitions)
         self._store = store = StateStore(
             s.data_dir / "state", map_size=s.lmdb_map_size, sync=s.lmdb_sync
         )

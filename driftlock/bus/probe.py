@@ -12,37 +12,47 @@ from driftlock.bus.partition import partition_of
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
 from driftlock.errors import NatsSetupError
 
+PROBES = 32
+"""Probe ids per check: a server set for a different partition count agrees with ours on a
+random id by chance, but on 32 of them almost never (at worst 2^-32)."""
+
 
 async def verify_partition_mapping(
     nc: Client, subjects: Subjects, partitions: int, timeout: float = 2.0
 ) -> None:
-    metric = "m" + secrets.token_hex(8)
-    seen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    nonce = secrets.token_hex(6)
+    metrics = [f"m{nonce}-{i}" for i in range(PROBES)]
+    seen: dict[str, int] = {}
+    complete = asyncio.Event()
 
     async def on_msg(msg: Msg) -> None:
-        if not seen.done():
-            seen.set_result(msg.subject)
+        tokens = msg.subject.split(".")
+        if tokens[4].startswith(f"m{nonce}-"):  # probes of other nodes starting now are ignored
+            seen[tokens[4]] = int(tokens[2])
+        if len(seen) == PROBES:
+            complete.set()
 
-    sub = await nc.subscribe(f"{subjects.prefix}.p.*.{PROBE_TENANT}.{metric}", cb=on_msg)
+    sub = await nc.subscribe(f"{subjects.prefix}.p.*.{PROBE_TENANT}.*", cb=on_msg)
     try:
-        await nc.publish(subjects.ingest(PROBE_TENANT, metric), b"{}")
+        for metric in metrics:
+            await nc.publish(subjects.ingest(PROBE_TENANT, metric), b"{}")
         await nc.flush()
         try:
-            subject = await asyncio.wait_for(seen, timeout)
+            await asyncio.wait_for(complete.wait(), timeout)
         except TimeoutError:
             raise NatsSetupError(
                 f"the NATS server at {nc.connected_url.geturl() if nc.connected_url else '?'} "
                 f"does not map {subjects.ingest_wildcard} to partitions. Add this block to "
-                f"its config (`driftlock nats-config` prints it) and reload it:\n"
+                "its config (`driftlock nats-config` prints it) and reload it:\n"
                 + mapping_block(subjects, partitions)
             ) from None
     finally:
         await sub.unsubscribe()
-    got = int(subject.split(".")[2])
-    want = partition_of(PROBE_TENANT, metric, partitions)
-    if got != want:
+    wrong = {m: n for m, n in seen.items() if n != partition_of(PROBE_TENANT, m, partitions)}
+    if wrong:
         raise NatsSetupError(
-            f"the NATS server partitions ingest subjects differently from this node "
-            f"(partition {got}, expected {want}): its mapping must use partition({partitions},1,2):\n"
+            "the NATS server partitions ingest subjects differently from this node "
+            f"({len(wrong)} of {PROBES} probes): its mapping must use "
+            f"partition({partitions},1,2), as set by --partitions:\n"
             + mapping_block(subjects, partitions)
         )

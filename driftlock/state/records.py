@@ -45,9 +45,13 @@ def encode(record: ActorRecord | PartitionMeta) -> bytes:
 
 
 def decode_actor(data: bytes) -> ActorRecord:
-    record = _actor_decoder.decode(data)
-    if record.version == ACTOR_VERSION:
-        return record
+    try:
+        record = _actor_decoder.decode(data)
+    except msgspec.ValidationError:
+        pass  # another version's shape: upgraded (or refused) below
+    else:
+        if record.version == ACTOR_VERSION:
+            return record
     return msgspec.convert(_upgrade(_raw_decoder.decode(data), ACTOR_VERSION), ActorRecord)
 
 

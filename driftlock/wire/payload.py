@@ -132,7 +132,7 @@ def _decode_items(items: list[Any], now: float) -> DecodedPoints:
 
 def _one_point(item: Any, now: float) -> tuple[float, float] | PointError:
     if _is_number(item):
-        return now, float(item)
+        return now, _float(item)
     if isinstance(item, dict):
         if "value" not in item:
             return PointError(None, RejectReason.INVALID_SHAPE, 'point object without "value"')
@@ -150,14 +150,14 @@ def _one_point(item: Any, now: float) -> tuple[float, float] | PointError:
     ts = _timestamp(raw_ts, now)
     if isinstance(ts, PointError):
         return ts
-    return ts, float(raw_value)
+    return ts, _float(raw_value)
 
 
 def _timestamp(raw: Any, now: float) -> float | PointError:
     if raw is None:
         return now
     if _is_number(raw):
-        return float(raw)
+        return _float(raw)
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw)
@@ -198,6 +198,15 @@ def _range_error(index: int, ts: float, value: float, now: float) -> PointError:
         RejectReason.TIMESTAMP_OUT_OF_RANGE,
         f"ts {ts} outside [{MIN_TS:.0f}, stored time + {MAX_FUTURE_S:.0f}s]{hint}",
     )
+
+
+def _float(x: int | float) -> float:
+    """float(x), but a JSON integer beyond the float range becomes ±inf (then rejected as
+    NON_FINITE) instead of raising OverflowError out of the decoder."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def _is_number(x: Any) -> bool:

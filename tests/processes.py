@@ -1,0 +1,53 @@
+"""Real `driftlock node` processes for tests that kill, restart and compare them."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class NodeProcess:
+    def __init__(self, *, nats_url: str, data_dir: Path, partitions: int, name: str) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"{name}.log"
+        self._args = [
+            sys.executable, "-m", "driftlock.cli", "node",
+            "--nats-url", nats_url,
+            "--data-dir", str(data_dir),
+            "--partitions", str(partitions),
+            "--metrics-port", "-1",
+            "--node-id", name,
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while b'"node started"' not in self.log_path.read_bytes()[offset:]:
+            if self._process.poll() is not None or loop.time() > deadline:
+                raise AssertionError(f"node did not start:\n{self.log_path.read_text()}")
+            await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        return self._process.wait(timeout)
+
+    def ensure_stopped(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()

@@ -1,0 +1,135 @@
+"""A node checks the NATS server it is given and refuses to start, with a clear message, when
+the partition mapping is missing or different, or a stream has an incompatible config."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from driftlock.actors.node import Node
+from driftlock.bus.server import ManagedNatsServer, find_nats_server
+from driftlock.bus.subjects import Subjects
+from driftlock.errors import NatsSetupError
+from driftlock.settings import load_settings
+from tests.conftest import TEST_PARTITIONS
+
+
+@pytest.fixture
+async def plain_server(tmp_path: Path) -> AsyncIterator[str]:
+    """A nats-server with JetStream but without DriftLock's mapping, as an operator might run
+    one; yields its URL."""
+    config = tmp_path / "plain.conf"
+    config.write_text(f'listen: "127.0.0.1:-1"\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n')
+    ports = tmp_path / "ports"
+    ports.mkdir()
+    binary = find_nats_server()
+    process = subprocess.Popen(
+        [binary, "-c", str(config), "--ports_file_dir", str(ports)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ports_file = ports / f"{Path(binary).name}_{process.pid}.ports"
+    try:
+        for _ in range(500):
+            if ports_file.exists() and ports_file.read_text().strip():
+                break
+            await asyncio.sleep(0.01)
+        url: str = json.loads(ports_file.read_text())["nats"][0]
+        nc = await nats.connect(url, max_reconnect_attempts=50, reconnect_time_wait=0.1)
+        await nc.close()
+        yield url
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def test_node_refuses_a_server_without_the_partition_mapping(
+    plain_server: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        nats_url=plain_server, data_dir=tmp_path / "node", partitions=8, metrics_port=-1
+    )
+    node = Node(settings)
+    with pytest.raises(NatsSetupError, match="does not map dl.in") as caught:
+        await node.start()
+    await node.shutdown()
+    assert "dl.p.{{partition(8,1,2)}}" in str(caught.value)
+
+    # The CLI says the same and exits non-zero.
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "driftlock.cli", "node", "--nats-url", plain_server,
+            "--data-dir", str(tmp_path / "cli"), "--partitions", "8", "--metrics-port", "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "does not map dl.in.*.*" in result.stderr
+    assert "driftlock nats-config" in result.stderr
+
+
+async def test_node_refuses_a_different_partition_count(
+    nats_server: ManagedNatsServer, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "node",
+        partitions=TEST_PARTITIONS * 2,
+        metrics_port=-1,
+    )
+    node = Node(settings)
+    with pytest.raises(NatsSetupError, match="partitions ingest subjects differently") as caught:
+        await node.start()
+    await node.shutdown()
+    assert "partition(16,1,2)" in str(caught.value)
+
+    # Set for the server's count but facing a DL_EVENTS created for another count.
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().add_stream(
+        StreamConfig(name="DL_EVENTS", subjects=["dl.p.>"], description="DriftLock events; partitions=4")
+    )
+    await nc.close()
+    node = Node(settings.model_copy(update={"partitions": TEST_PARTITIONS}))
+    with pytest.raises(NatsSetupError, match="partition count is fixed"):
+        await node.start()
+    await node.shutdown()
+
+
+async def test_node_refuses_an_incompatible_existing_stream(
+    nats_server: ManagedNatsServer, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().add_stream(
+        StreamConfig(name="DL_ANOMALIES", subjects=["dl.x.anomaly.>"])
+    )
+    await nc.close()
+    settings = load_settings(
+        nats_url=nats_server.url, data_dir=tmp_path / "node", partitions=TEST_PARTITIONS,
+        metrics_port=-1,
+    )
+    node = Node(settings)
+    with pytest.raises(NatsSetupError, match="DL_ANOMALIES exists with an incompatible config"):
+        await node.start()
+    await node.shutdown()
+
+
+def test_bad_settings_name_the_flag_and_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "driftlock.cli", "node", "--partitions", "0",
+         "--nats-url", "http://x", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--partitions / DRIFTLOCK_PARTITIONS" in result.stderr
+    assert "--nats-url / DRIFTLOCK_NATS_URL" in result.stderr
+    assert "Traceback" not in result.stderr
