@@ -101,7 +101,9 @@ def _run_service(command: str, settings: Settings) -> int:
     async def node(s: Settings, stop: asyncio.Event) -> None:
         await Node(s).run(stop)
 
-    runner: Callable[[Settings, asyncio.Event], Awaitable[None]] = run_up if command == "up" else node
+    runner: Callable[[Settings, asyncio.Event], Awaitable[None]] = (
+        run_up if command == "up" else node
+    )
     try:
         uvloop.run(_until_signalled(runner, settings))
     except DriftLockError as exc:

@@ -20,24 +20,40 @@ def _default_node_id() -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLOCK_", extra="forbid", frozen=True)
 
-    data_dir: Path = Field(Path(".driftlock"), description="directory for LMDB state and the managed nats-server")
+    data_dir: Path = Field(
+        Path(".driftlock"), description="directory for LMDB state and the managed nats-server"
+    )
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL (`driftlock node`)")
-    nats_host: str = Field("127.0.0.1", description="address the managed nats-server listens on (`driftlock up`)")
-    nats_port: int = Field(4222, ge=-1, le=65535, description="port of the managed nats-server; -1 picks a free one")
+    nats_host: str = Field(
+        "127.0.0.1", description="address the managed nats-server listens on (`driftlock up`)"
+    )
+    nats_port: int = Field(
+        4222, ge=-1, le=65535, description="port of the managed nats-server; -1 picks a free one"
+    )
     prefix: str = Field("dl", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="subject prefix")
-    partitions: int = Field(64, ge=1, le=4096, description="partition count, fixed when DL_EVENTS is created")
+    partitions: int = Field(
+        64, ge=1, le=4096, description="partition count, fixed when DL_EVENTS is created"
+    )
     node_id: str = Field(default_factory=_default_node_id, description="this node's id")
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
-    metrics_port: int = Field(9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables")
+    metrics_port: int = Field(
+        9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
+    )
     pull_batch: int = Field(2000, ge=1, le=100_000, description="messages per pull request")
     max_points_per_message: int = Field(10_000, ge=1, description="larger batches are rejected")
-    passivate_after_s: float = Field(300.0, gt=0, description="idle seconds before an actor leaves memory")
+    passivate_after_s: float = Field(
+        300.0, gt=0, description="idle seconds before an actor leaves memory"
+    )
     lmdb_map_size: int = Field(1 << 36, ge=1 << 20, description="LMDB map size in bytes (virtual)")
     lmdb_sync: bool = Field(True, description="fsync LMDB data pages on commit")
     events_max_age_s: float = Field(7 * 86400, gt=0, description="how long DL_EVENTS keeps events")
-    anomalies_max_age_s: float = Field(30 * 86400, gt=0, description="how long DL_ANOMALIES keeps anomalies")
+    anomalies_max_age_s: float = Field(
+        30 * 86400, gt=0, description="how long DL_ANOMALIES keeps anomalies"
+    )
     duplicate_window_s: float = Field(3600, gt=0, description="DL_ANOMALIES de-duplication window")
-    detector_window: int = Field(128, ge=8, le=100_000, description="points in the rolling baseline")
+    detector_window: int = Field(
+        128, ge=8, le=100_000, description="points in the rolling baseline"
+    )
     detector_warmup: int = Field(64, ge=2, description="points before a stream is scored")
     detector_threshold: float = Field(0.97, gt=0, lt=1, description="anomaly score threshold")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")

@@ -13,12 +13,20 @@ class NodeProcess:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{name}.log"
         self._args = [
-            sys.executable, "-m", "driftlock.cli", "node",
-            "--nats-url", nats_url,
-            "--data-dir", str(data_dir),
-            "--partitions", str(partitions),
-            "--metrics-port", "-1",
-            "--node-id", name,
+            sys.executable,
+            "-m",
+            "driftlock.cli",
+            "node",
+            "--nats-url",
+            nats_url,
+            "--data-dir",
+            str(data_dir),
+            "--partitions",
+            str(partitions),
+            "--metrics-port",
+            "-1",
+            "--node-id",
+            name,
         ]
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -72,9 +72,13 @@ async def run(base: Path, kill_at: int | None) -> tuple[Records, list[dict[str, 
     """Publish the events steadily into a fresh server with one node; if kill_at is set, kill -9
     the node after that many messages and start it again. Returns the final records, every
     anomaly a subscriber received, and the points applied when the node was killed."""
-    server = ManagedNatsServer(base_dir=base / "nats", subjects=Subjects(), partitions=TEST_PARTITIONS)
+    server = ManagedNatsServer(
+        base_dir=base / "nats", subjects=Subjects(), partitions=TEST_PARTITIONS
+    )
     await server.start()
-    node = NodeProcess(nats_url=server.url, data_dir=base / "node", partitions=TEST_PARTITIONS, name="node")
+    node = NodeProcess(
+        nats_url=server.url, data_dir=base / "node", partitions=TEST_PARTITIONS, name="node"
+    )
     received: list[dict[str, Any]] = []
 
     async def on_anomaly(msg: Msg) -> None:
@@ -115,8 +119,14 @@ def content(anomaly: dict[str, Any]) -> tuple[Any, ...]:
     """What must match between runs; ids embed stream sequences, which differ between the two
     servers because each node start stores its mapping probes in the stream."""
     return (
-        anomaly["tenant"], anomaly["metric"], anomaly["ts"], anomaly["value"], anomaly["score"],
-        tuple(anomaly["expected"]), anomaly["kind"], anomaly["index"],
+        anomaly["tenant"],
+        anomaly["metric"],
+        anomaly["ts"],
+        anomaly["value"],
+        anomaly["score"],
+        tuple(anomaly["expected"]),
+        anomaly["kind"],
+        anomaly["index"],
     )
 
 
@@ -133,7 +143,9 @@ async def test_kill_9_and_restart_equals_an_uninterrupted_run(tmp_path: Path) ->
     assert len(reference_anomalies) > 50
     assert sorted(map(content, crashed_anomalies)) == sorted(map(content, reference_anomalies))
     assert sum(r.anomalies for r in crashed.values()) == len(crashed_anomalies)
-    late = [a for a in crashed_anomalies if a["ts"] >= T0 + 1100 // len(STREAMS) * POINTS_PER_MESSAGE]
+    late = [
+        a for a in crashed_anomalies if a["ts"] >= T0 + 1100 // len(STREAMS) * POINTS_PER_MESSAGE
+    ]
     assert late, "anomalies after the restart are part of the comparison"
 
 
@@ -141,7 +153,9 @@ async def test_a_full_replay_publishes_no_anomaly_twice(tmp_path: Path) -> None:
     """Losing the node's LMDB entirely (the worst case of a crash between publishing and
     committing) replays every event: the state is rebuilt identically, and DL_ANOMALIES
     swallows every re-published anomaly, so subscribers see each exactly once."""
-    server = ManagedNatsServer(base_dir=tmp_path / "nats", subjects=Subjects(), partitions=TEST_PARTITIONS)
+    server = ManagedNatsServer(
+        base_dir=tmp_path / "nats", subjects=Subjects(), partitions=TEST_PARTITIONS
+    )
     await server.start()
     received: list[dict[str, Any]] = []
 
@@ -151,7 +165,9 @@ async def test_a_full_replay_publishes_no_anomaly_twice(tmp_path: Path) -> None:
     nc = await nats.connect(server.url)
     try:
         await nc.subscribe("dl.anomaly.>", cb=on_anomaly)
-        node = NodeProcess(nats_url=server.url, data_dir=tmp_path / "node", partitions=TEST_PARTITIONS, name="node")
+        node = NodeProcess(
+            nats_url=server.url, data_dir=tmp_path / "node", partitions=TEST_PARTITIONS, name="node"
+        )
         await node.start()
         for subject, payload in make_events():
             await nc.publish(subject, payload)
@@ -163,7 +179,12 @@ async def test_a_full_replay_publishes_no_anomaly_twice(tmp_path: Path) -> None:
         published_once = len(received)
         assert published_once > 50
 
-        replay = NodeProcess(nats_url=server.url, data_dir=tmp_path / "fresh", partitions=TEST_PARTITIONS, name="replay")
+        replay = NodeProcess(
+            nats_url=server.url,
+            data_dir=tmp_path / "fresh",
+            partitions=TEST_PARTITIONS,
+            name="replay",
+        )
         await replay.start()
         await eventually(lambda: applied_points(tmp_path / "fresh") == TOTAL_POINTS, timeout=60)
         assert replay.terminate() == 0

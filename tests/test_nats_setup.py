@@ -14,7 +14,6 @@ from nats.js.api import StreamConfig
 
 from driftlock.actors.node import Node
 from driftlock.bus.server import ManagedNatsServer, find_nats_server
-from driftlock.bus.subjects import Subjects
 from driftlock.errors import NatsSetupError
 from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS
@@ -56,7 +55,7 @@ async def test_node_refuses_a_server_without_the_partition_mapping(
         nats_url=plain_server, data_dir=tmp_path / "node", partitions=8, metrics_port=-1
     )
     node = Node(settings)
-    with pytest.raises(NatsSetupError, match="does not map dl.in") as caught:
+    with pytest.raises(NatsSetupError, match=r"does not map dl\.in") as caught:
         await node.start()
     await node.shutdown()
     assert "dl.p.{{partition(8,1,2)}}" in str(caught.value)
@@ -64,10 +63,21 @@ async def test_node_refuses_a_server_without_the_partition_mapping(
     # The CLI says the same and exits non-zero.
     result = subprocess.run(
         [
-            sys.executable, "-m", "driftlock.cli", "node", "--nats-url", plain_server,
-            "--data-dir", str(tmp_path / "cli"), "--partitions", "8", "--metrics-port", "-1",
+            sys.executable,
+            "-m",
+            "driftlock.cli",
+            "node",
+            "--nats-url",
+            plain_server,
+            "--data-dir",
+            str(tmp_path / "cli"),
+            "--partitions",
+            "8",
+            "--metrics-port",
+            "-1",
         ],
         capture_output=True,
+        check=False,
         text=True,
         timeout=60,
     )
@@ -94,7 +104,9 @@ async def test_node_refuses_a_different_partition_count(
     # Set for the server's count but facing a DL_EVENTS created for another count.
     nc = await nats.connect(nats_server.url)
     await nc.jetstream().add_stream(
-        StreamConfig(name="DL_EVENTS", subjects=["dl.p.>"], description="DriftLock events; partitions=4")
+        StreamConfig(
+            name="DL_EVENTS", subjects=["dl.p.>"], description="DriftLock events; partitions=4"
+        )
     )
     await nc.close()
     node = Node(settings.model_copy(update={"partitions": TEST_PARTITIONS}))
@@ -107,12 +119,12 @@ async def test_node_refuses_an_incompatible_existing_stream(
     nats_server: ManagedNatsServer, tmp_path: Path
 ) -> None:
     nc = await nats.connect(nats_server.url)
-    await nc.jetstream().add_stream(
-        StreamConfig(name="DL_ANOMALIES", subjects=["dl.x.anomaly.>"])
-    )
+    await nc.jetstream().add_stream(StreamConfig(name="DL_ANOMALIES", subjects=["dl.x.anomaly.>"]))
     await nc.close()
     settings = load_settings(
-        nats_url=nats_server.url, data_dir=tmp_path / "node", partitions=TEST_PARTITIONS,
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "node",
+        partitions=TEST_PARTITIONS,
         metrics_port=-1,
     )
     node = Node(settings)
@@ -123,9 +135,20 @@ async def test_node_refuses_an_incompatible_existing_stream(
 
 def test_bad_settings_name_the_flag_and_the_variable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "driftlock.cli", "node", "--partitions", "0",
-         "--nats-url", "http://x", "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "driftlock.cli",
+            "node",
+            "--partitions",
+            "0",
+            "--nats-url",
+            "http://x",
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
+        check=False,
         text=True,
         timeout=60,
     )

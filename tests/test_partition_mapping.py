@@ -29,7 +29,9 @@ def test_fnv1a_known_vectors() -> None:
 
 async def test_python_partition_matches_server_on_thousands_of_ids(nc: Client) -> None:
     rng = random.Random(7)
-    ids = {(random_id(rng, TENANT_CHARS, 64), random_id(rng, METRIC_CHARS, 200)) for _ in range(3000)}
+    ids = {
+        (random_id(rng, TENANT_CHARS, 64), random_id(rng, METRIC_CHARS, 200)) for _ in range(3000)
+    }
     seen: dict[tuple[str, str], int] = {}
 
     async def on_msg(msg: Msg) -> None:

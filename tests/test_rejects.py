@@ -66,7 +66,9 @@ async def test_each_kind_of_bad_input_is_rejected_and_good_input_survives(
         # Good points on the same stream (same partition, same batch) around every bad one.
         await nc.publish("dl.in.acme.cpu", json.dumps([T0 + 2 * i, 1.0]).encode())
         await nc.publish(subject, payload, headers=headers)
-        await nc.publish("dl.in.acme.cpu", json.dumps({"ts": T0 + 2 * i + 1, "value": 2.0}).encode())
+        await nc.publish(
+            "dl.in.acme.cpu", json.dumps({"ts": T0 + 2 * i + 1, "value": 2.0}).encode()
+        )
         sent_good += 2
     await nc.flush()
 
@@ -105,9 +107,7 @@ async def test_bad_points_inside_a_batch_leave_the_rest_applied(node: Node, nc: 
     assert rec is not None and rec.last_value == 5.0
 
 
-async def test_publishing_straight_to_a_wrong_partition_is_rejected(
-    node: Node, nc: Client
-) -> None:
+async def test_publishing_straight_to_a_wrong_partition_is_rejected(node: Node, nc: Client) -> None:
     rejects: list[dict[str, object]] = []
 
     async def on_reject(msg: Msg) -> None:

@@ -4,7 +4,7 @@ partition workers, the subject guard and the Prometheus endpoint."""
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
+from wsgiref.simple_server import WSGIServer
 
 from nats.aio.client import Client
 from prometheus_client import start_http_server
@@ -33,7 +33,7 @@ class Node:
     _store: StateStore | None = None
     _supervisor: Supervisor | None = None
     _guard: SubjectGuard | None = None
-    _http: ThreadingHTTPServer | None = None
+    _http: WSGIServer | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

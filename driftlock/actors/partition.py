@@ -116,16 +116,16 @@ class PartitionWorker:
             points += len(values)
         await self._publish_anomalies(anomalies)
         await self._publish_rejects(rejects)
-        dirty = {
-            actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in self._dirty()
-        }
+        dirty = {actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in self._dirty()}
         await self._store.commit(self.partition, dirty, last_seq)
         for actor in self._actors.values():
             actor.dirty = False
         self.last_applied_seq = last_seq
         self._count(len(batch), points, anomalies, rejects, time.perf_counter() - started)
 
-    def _decode(self, batch: list[Delivery]) -> tuple[dict[StreamKey, list[Slice]], list[Reject], int]:
+    def _decode(
+        self, batch: list[Delivery]
+    ) -> tuple[dict[StreamKey, list[Slice]], list[Reject], int]:
         slices: dict[StreamKey, list[Slice]] = {}
         rejects: list[Reject] = []
         last_seq = self.last_applied_seq
@@ -143,7 +143,10 @@ class PartitionWorker:
                 rejects.append(_reject(d, tenant, metric, problem[0], problem[1]))
                 continue
             decoded = decode_points(
-                d.data, _content_type(d.headers), now=d.stored_at, max_points=self._config.max_points_per_message
+                d.data,
+                _content_type(d.headers),
+                now=d.stored_at,
+                max_points=self._config.max_points_per_message,
             )
             for error in decoded.errors:
                 rejects.append(_reject(d, tenant, metric, error.reason, error.detail, error.index))
@@ -153,7 +156,10 @@ class PartitionWorker:
 
     def _check_ids(self, subject: str, tokens: list[str]) -> tuple[RejectReason, str] | None:
         if len(tokens) != 5:
-            return RejectReason.INVALID_SUBJECT, f"{subject}: expected {self._subjects.prefix}.in.<tenant>.<metric>"
+            return (
+                RejectReason.INVALID_SUBJECT,
+                f"{subject}: expected {self._subjects.prefix}.in.<tenant>.<metric>",
+            )
         tenant, metric = tokens[3], tokens[4]
         if not is_valid_tenant(tenant):
             return RejectReason.INVALID_TENANT, f"{tenant!r}: {TENANT_RULE}"
@@ -162,7 +168,10 @@ class PartitionWorker:
         if partition_of(tenant, metric, self._config.partitions) != self.partition:
             # Published straight to a partition subject: accepting it would split the stream
             # across two workers.
-            return RejectReason.INVALID_SUBJECT, f"{subject}: publish to {self._subjects.ingest(tenant, metric)}"
+            return (
+                RejectReason.INVALID_SUBJECT,
+                f"{subject}: publish to {self._subjects.ingest(tenant, metric)}",
+            )
         return None
 
     def _actor(self, tenant: str, metric: str) -> StreamActor:
@@ -195,7 +204,11 @@ class PartitionWorker:
                     raise
                 log.warning(
                     "anomaly publish failed; retrying",
-                    extra={"partition": self.partition, "error": repr(exc), "count": len(anomalies)},
+                    extra={
+                        "partition": self.partition,
+                        "error": repr(exc),
+                        "count": len(anomalies),
+                    },
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -215,7 +228,12 @@ class PartitionWorker:
             del self._actors[key]
 
     def _count(
-        self, messages: int, points: int, anomalies: list[Anomaly], rejects: list[Reject], seconds: float
+        self,
+        messages: int,
+        points: int,
+        anomalies: list[Anomaly],
+        rejects: list[Reject],
+        seconds: float,
     ) -> None:
         m = self._metrics
         m.messages.inc(messages)
@@ -228,7 +246,12 @@ class PartitionWorker:
 
 
 def _reject(
-    d: Delivery, tenant: str, metric: str, reason: RejectReason, detail: str, index: int | None = None
+    d: Delivery,
+    tenant: str,
+    metric: str,
+    reason: RejectReason,
+    detail: str,
+    index: int | None = None,
 ) -> Reject:
     return Reject(
         tenant=tenant,

@@ -94,8 +94,7 @@ class ManagedNatsServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with code {self._process.returncode}; "
-                    f"see {self.log_path}"
+                    f"nats-server exited with code {self._process.returncode}; see {self.log_path}"
                 )
             if ports_file.exists():
                 with contextlib.suppress(ValueError):

@@ -30,7 +30,8 @@ class Subjects:
         return f"{self.prefix}.p.{partition}.>"
 
     def partition_mapping(self, partitions: int) -> str:
-        return f"{self.prefix}.p.{{{{partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+        target = f"partition({partitions},1,2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)"
+        return f"{self.prefix}.p.{{{{{target}}}}}"
 
     def anomaly(self, tenant: str, metric: str) -> str:
         return f"{self.prefix}.anomaly.{tenant}.{metric}"

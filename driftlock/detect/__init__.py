@@ -5,6 +5,6 @@ is what ships. A detector's output for a point depends only on the points before
 how the stream was cut into batches: a replay after a crash gives identical results.
 """
 
-from driftlock.detect.robust import DetectorConfig, Detections, RobustDetector, RobustState
+from driftlock.detect.robust import Detections, DetectorConfig, RobustDetector, RobustState
 
-__all__ = ["DetectorConfig", "Detections", "RobustDetector", "RobustState"]
+__all__ = ["Detections", "DetectorConfig", "RobustDetector", "RobustState"]

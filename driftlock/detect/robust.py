@@ -33,7 +33,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.window < 8:
             raise ValueError("window must be at least 8")
-        if not 2 <= self.warmup:
+        if not self.warmup >= 2:
             raise ValueError("warmup must be at least 2")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")

@@ -9,7 +9,8 @@ stream stored the message, which keeps replays deterministic.
 
 import math
 from datetime import datetime
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -38,13 +39,15 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int32]
 
 
-class PointError(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class PointError:
     index: int | None
     reason: RejectReason
     detail: str
 
 
-class DecodedPoints(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class DecodedPoints:
     ts: FloatArray
     values: FloatArray
     index: IndexArray
@@ -121,7 +124,7 @@ def _decode_items(items: list[Any], now: float) -> DecodedPoints:
     for i, item in enumerate(items):
         point = _one_point(item, now)
         if isinstance(point, PointError):
-            errors.append(point._replace(index=i))
+            errors.append(replace(point, index=i))
             continue
         ts[len(kept)], values[len(kept)] = point
         kept.append(i)
@@ -162,7 +165,9 @@ def _timestamp(raw: Any, now: float) -> float | PointError:
         try:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
-            return PointError(None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}: not RFC 3339")
+            return PointError(
+                None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}: not RFC 3339"
+            )
         if parsed.tzinfo is None:
             return PointError(
                 None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}: missing UTC offset"
@@ -224,7 +229,7 @@ def _is_pair(x: Any) -> bool:
 
 def _shape_help(raw: Any) -> str:
     return (
-        f"got {_show(raw)}; expected {{\"ts\": …, \"value\": …}}, [ts, value], "
+        f'got {_show(raw)}; expected {{"ts": …, "value": …}}, [ts, value], '
         "a list of either, or a number"
     )
 
