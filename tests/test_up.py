@@ -67,16 +67,20 @@ async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> 
         assert await asyncio.wait_for(one.wait(), 30) == 0
 
         # The README's examples, pointed at this server.
-        subscriber = await python(readme_example("subscribe").replace("nats://127.0.0.1:4222", nats_url))
+        subscriber = await python(
+            readme_example("subscribe").replace("nats://127.0.0.1:4222", nats_url)
+        )
         assert subscriber.stdout is not None
         await asyncio.sleep(1.0)  # subscribed before the spike is published
-        publisher = await python(readme_example("publish").replace("nats://127.0.0.1:4222", nats_url))
+        publisher = await python(
+            readme_example("publish").replace("nats://127.0.0.1:4222", nats_url)
+        )
         assert await asyncio.wait_for(publisher.wait(), 30) == 0
-        line = (await asyncio.wait_for(subscriber.stdout.readline(), 10)).decode()
+        received = (await asyncio.wait_for(subscriber.stdout.readline(), 10)).decode()
         subscriber.kill()
         await subscriber.wait()
-        assert line.startswith("dl.anomaly.acme.latency ")
-        assert '"kind":"spike"' in line and '"value":95.0' in line
+        assert received.startswith("dl.anomaly.acme.latency ")
+        assert '"kind":"spike"' in received and '"value":95.0' in received
 
         ports = list((data_dir / "nats" / "ports").glob("*.ports"))
         nats_pid = int(ports[0].name.rsplit("_", 1)[1].removesuffix(".ports"))

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import NamedTuple
 
 import msgspec
@@ -49,18 +48,21 @@ class PartitionFeed:
         filter_subject: str,
         pull_batch: int,
         expires_s: float = 5.0,
+        heartbeat_s: float = 1.0,
     ) -> None:
         self._nc, self._js = nc, js
         self._stream, self._filter = stream, filter_subject
         self._pull_batch, self._expires_s = pull_batch, expires_s
+        self._heartbeat_s = heartbeat_s
         self._buffer: list[Delivery] = []
         self._arrived = asyncio.Event()
-        self._outstanding: deque[int] = deque()
+        self._credit = 0
+        """Messages requested and not yet delivered or expired, over all pull requests."""
         self._consumer = ""
         self._sub: Subscription | None = None
         self._next_cseq = 1
         self._next_seq = 1
-        self._needs_reset = False
+        self._needs_reset = ""
         self._last_activity = time.monotonic()
         self.pending = 0
 
@@ -75,7 +77,9 @@ class PartitionFeed:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
-        if self._needs_reset or self._stalled():
+            if not self._buffer and self._stalled():
+                self._needs_reset = "no message, heartbeat or status from the pull requests"
+        if self._needs_reset:
             await self._reset_or_retry_later()
         batch, self._buffer = self._buffer[:max_messages], self._buffer[max_messages:]
         await self._top_up()
@@ -97,14 +101,14 @@ class PartitionFeed:
             opt_start_seq=max(self._next_seq, 1),
             filter_subject=self._filter,
             inactive_threshold=60.0,
-            max_waiting=8,
+            max_waiting=16,
         )
         info = await self._js.add_consumer(self._stream, config)
         assert info.name is not None
         self._consumer = info.name
         self._next_cseq = 1
-        self._outstanding.clear()
-        self._needs_reset = False
+        self._credit = 0
+        self._needs_reset = ""
         self._last_activity = time.monotonic()
         # A fresh inbox per consumer, so stragglers of an old consumer never mix in.
         self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._on_message)
@@ -125,35 +129,44 @@ class PartitionFeed:
         and in order); while NATS is unreachable, try again on a later call."""
         log.info(
             "resetting partition consumer",
-            extra={"filter": self._filter, "from_seq": self._next_seq},
+            extra={"filter": self._filter, "from_seq": self._next_seq, "reason": self._needs_reset},
         )
         await self._close_consumer()
         try:
             await self._open_consumer()
         except Exception as exc:
             log.warning("cannot recreate consumer yet", extra={"error": repr(exc)})
-            self._needs_reset = True
+            self._needs_reset = f"recreating failed: {exc!r}"
             self._last_activity = time.monotonic()
             await asyncio.sleep(0.5)
 
     def _stalled(self) -> bool:
-        # Expiring pull requests answer at least every expires_s, even on an idle partition.
+        """Checked only while waiting with nothing buffered: pull requests are outstanding
+        then, and expiring ones answer at least every expires_s even on an idle partition."""
         return time.monotonic() - self._last_activity > self._expires_s + 5.0
 
     # -- pull requests --
 
     async def _top_up(self) -> None:
-        """Keep about two pull batches requested, so the server never waits for us."""
+        """Keep one to two pull batches requested, so the server never waits for us.
+
+        The server serves its waiting requests round-robin, so the feed keeps one credit for
+        all of them: a message takes one, an expired request (408) takes its remainder."""
         if self._sub is None or not self._nc.is_connected:
             return
-        while sum(self._outstanding) < 2 * self._pull_batch and len(self._outstanding) < 4:
-            request = {"batch": self._pull_batch, "expires": int(self._expires_s * 1e9)}
+        while self._credit < self._pull_batch:
+            request = {
+                "batch": self._pull_batch,
+                "expires": int(self._expires_s * 1e9),
+                "idle_heartbeat": int(self._heartbeat_s * 1e9),
+            }
             await self._nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
                 _pull_encoder.encode(request),
                 reply=self._sub.subject,
             )
-            self._outstanding.append(self._pull_batch)
+            self._credit += self._pull_batch
+            self._last_activity = time.monotonic()
 
     async def _on_message(self, msg: Msg) -> None:
         self._last_activity = time.monotonic()
@@ -165,16 +178,15 @@ class PartitionFeed:
             meta = meta[2:]
         seq, cseq = int(meta[5]), int(meta[6])
         if cseq != self._next_cseq:
-            self._needs_reset = True
+            self._needs_reset = (
+                f"delivery gap: consumer sequence {cseq}, expected {self._next_cseq}"
+            )
             self._arrived.set()
             return
         self._next_cseq = cseq + 1
         self._next_seq = seq + 1
         self.pending = int(meta[8])
-        if self._outstanding:
-            self._outstanding[0] -= 1
-            if self._outstanding[0] <= 0:
-                self._outstanding.popleft()
+        self._credit -= 1
         self._buffer.append(
             Delivery(msg.subject, msg.data, msg.headers, seq, int(meta[7]) / 1e9, self.pending)
         )
@@ -182,9 +194,16 @@ class PartitionFeed:
 
     def _on_status(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status", "")
-        if status == "408" and self._outstanding:  # a request expired: forget its remainder
-            self._outstanding.popleft()
+        if status == "100":  # idle heartbeat: says what the consumer last delivered
+            last = int((msg.headers or {}).get("Nats-Last-Consumer", "0"))
+            if last >= self._next_cseq:
+                self._needs_reset = (
+                    f"heartbeat: delivered up to {last}, received {self._next_cseq - 1}"
+                )
+        elif status == "408":  # a request expired: its remainder will not come
+            self._credit -= int((msg.headers or {}).get("Nats-Pending-Messages", "0"))
         elif status == "409":
             # Consumer deleted, leadership change, max waiting exceeded…: start over cleanly.
-            self._needs_reset = True
+            description = (msg.headers or {}).get("Description", "")
+            self._needs_reset = f"status 409 {description}"
         self._arrived.set()

@@ -8,8 +8,8 @@ stream stored the message, which keeps replays deterministic.
 """
 
 import math
-from datetime import datetime
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import msgspec

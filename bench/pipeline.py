@@ -1,0 +1,239 @@
+"""End to end on one machine: producer → nats-server → one `driftlock node` process → LMDB,
+against the raw ceiling measured in the same run (JetStream store + DriftLock's pull feed +
+payload decode, no DriftLock logic).
+
+    python -m bench.pipeline [--quick]
+
+Reports events/s for single-point messages and 100-point batches over 1,000 streams, and the
+publish → anomaly latency on an idle node.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import uvloop
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bench.common import print_table, scrape_counter, write_results
+from driftlock.bus.feed import PartitionFeed
+from driftlock.bus.server import ManagedNatsServer
+from driftlock.bus.streams import StreamLimits, ensure_streams
+from driftlock.bus.subjects import Subjects
+from driftlock.wire.payload import decode_points
+
+PARTITIONS = 64
+T0 = 1_732_550_400.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    messages: int
+    points_per_message: int
+    streams: int
+
+    @property
+    def events(self) -> int:
+        return self.messages * self.points_per_message
+
+
+def payloads(s: Scenario) -> list[tuple[str, bytes]]:
+    rng = random.Random(1)
+    out = []
+    for i in range(s.messages):
+        stream = i % s.streams
+        base = T0 + (i // s.streams) * s.points_per_message
+        if s.points_per_message == 1:
+            body = json.dumps([base, rng.gauss(100, 3)])
+        else:
+            body = json.dumps([[base + j, rng.gauss(100, 3)] for j in range(s.points_per_message)])
+        out.append((f"dl.in.bench{stream % 10}.m{stream}", body.encode()))
+    return out
+
+
+async def publish_all(nc: Client, messages: list[tuple[str, bytes]]) -> None:
+    for i, (subject, body) in enumerate(messages):
+        await nc.publish(subject, body)
+        if i % 1000 == 999:
+            await nc.flush()
+    await nc.flush()
+
+
+async def raw_ceiling(url: str, s: Scenario, messages: list[tuple[str, bytes]]) -> float:
+    """Store the messages, then consume every partition with the pull feed and decode each
+    payload; events/s over publish start → last decode."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    subjects = Subjects()
+    feeds = [
+        PartitionFeed(
+            nc, js, stream="DL_EVENTS", filter_subject=subjects.partition_filter(p), pull_batch=2000
+        )
+        for p in range(PARTITIONS)
+    ]
+    first_seq = (await js.stream_info("DL_EVENTS")).state.last_seq + 1
+    for feed in feeds:
+        await feed.start(first_seq)
+    decoded = 0
+
+    async def drain(feed: PartitionFeed) -> None:
+        nonlocal decoded
+        while decoded < s.events:
+            for d in await feed.next_batch(100_000, wait_s=0.2):
+                decoded += len(
+                    decode_points(d.data, None, now=d.stored_at, max_points=10_000).values
+                )
+
+    started = time.perf_counter()
+    await asyncio.gather(publish_all(nc, messages), *(drain(f) for f in feeds))
+    elapsed = time.perf_counter() - started
+    for feed in feeds:
+        await feed.stop()
+    await nc.close()
+    return s.events / elapsed
+
+
+async def end_to_end(
+    url: str, metrics_port: int, s: Scenario, messages: list[tuple[str, bytes]]
+) -> float:
+    nc = await nats.connect(url)
+    before = scrape_counter(metrics_port, "driftlock_events_applied_total")
+    started = time.perf_counter()
+    await publish_all(nc, messages)
+    # The node is another process: its applied count is only visible by scraping.
+    while scrape_counter(metrics_port, "driftlock_events_applied_total") - before < s.events:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return s.events / elapsed
+
+
+async def idle_latency(url: str, spikes: int) -> list[float]:
+    """Warm streams up, then publish one spike at a time and time its anomaly's arrival."""
+    nc = await nats.connect(url)
+    arrived: dict[str, float] = {}
+    signal = asyncio.Event()
+
+    async def on_anomaly(msg: Msg) -> None:
+        arrived[msg.subject.split(".")[-1]] = time.perf_counter()
+        signal.set()
+
+    await nc.subscribe("dl.anomaly.latency.>", cb=on_anomaly)
+    rng = random.Random(2)
+    for i in range(spikes):
+        warm = [[T0 + j, rng.gauss(10, 1)] for j in range(200)]
+        await nc.publish(f"dl.in.latency.s{i}", json.dumps(warm).encode())
+    await nc.flush()
+    await asyncio.sleep(1.0)
+    latencies = []
+    for i in range(spikes):
+        signal.clear()
+        sent = time.perf_counter()
+        await nc.publish(f"dl.in.latency.s{i}", json.dumps([T0 + 200, 60.0]).encode())
+        while f"s{i}" not in arrived:
+            await signal.wait()
+            signal.clear()
+        latencies.append(1000 * (arrived[f"s{i}"] - sent))
+    await nc.close()
+    return latencies
+
+
+def start_node(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    log = data_dir / "node.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftlock.cli", "node", "--nats-url", url, "--data-dir",
+         str(data_dir), "--metrics-port", "0", "--partitions", str(PARTITIONS)],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if '"node started"' in line:
+                return process, int(json.loads(line)["metrics_port"])
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"node did not start: {log.read_text()}")
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    scale = 0.02 if quick else 1.0
+    scenarios = [
+        Scenario("1-point messages", int(100_000 * scale), 1, 1000),
+        Scenario("100-point batches", int(20_000 * scale), 100, 1000),
+    ]
+    results: dict[str, Any] = {"quick": quick, "scenarios": []}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ManagedNatsServer(
+            base_dir=Path(tmp) / "nats", subjects=Subjects(), partitions=PARTITIONS
+        )
+        await server.start()
+        try:
+            nc = await nats.connect(server.url)
+            await ensure_streams(
+                nc.jetstream(), Subjects(), PARTITIONS, StreamLimits(3600, 3600, 600)
+            )
+            await nc.close()
+            for s in scenarios:
+                messages = payloads(s)
+                ceiling = await raw_ceiling(server.url, s, messages)
+                node, port = start_node(server.url, Path(tmp) / f"node-{s.points_per_message}")
+                try:
+                    e2e = await end_to_end(server.url, port, s, messages)
+                    latencies = (
+                        await idle_latency(server.url, 20 if quick else 200)
+                        if s.points_per_message == 1
+                        else []
+                    )
+                finally:
+                    node.terminate()
+                    node.wait(30)
+                rows.append([s.name, s.streams, s.events, ceiling, e2e, f"{e2e / ceiling:.2f}"])
+                results["scenarios"].append(
+                    {"name": s.name, "events": s.events, "streams": s.streams,
+                     "raw_ceiling_eps": ceiling, "end_to_end_eps": e2e}
+                )  # fmt: skip
+                if latencies:
+                    q = statistics.quantiles(latencies, n=100)
+                    results["idle_latency_ms"] = {"p50": q[49], "p95": q[94], "p99": q[98]}
+        finally:
+            server.stop()
+    print_table(
+        "End to end, one node, 64 partitions (events/s)",
+        ["scenario", "streams", "events", "raw ceiling", "DriftLock", "ratio"],
+        rows,
+    )
+    if "idle_latency_ms" in results:
+        lat = results["idle_latency_ms"]
+        print(
+            f"\npublish → anomaly on an idle node: p50 {lat['p50']:.1f} ms, "
+            f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
+        )
+    return results
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the bench runs")
+    args = parser.parse_args()
+    results = uvloop.run(main(args.quick))
+    print("wrote", write_results("pipeline-quick" if args.quick else "pipeline", results))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,37 @@
+"""Benchmarks are not tests, but their quick modes must keep working."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_pipeline_quick_mode_reports_numbers() -> None:
+    out = run_bench("bench.pipeline", "--quick")
+    assert "100-point batches" in out and "publish → anomaly" in out
+    results = json.loads((ROOT / "bench" / "results" / "pipeline-quick.json").read_text())
+    for scenario in results["scenarios"]:
+        assert scenario["end_to_end_eps"] > 0 and scenario["raw_ceiling_eps"] > 0
+    assert results["idle_latency_ms"]["p50"] > 0
+
+
+def test_pull_bench_compares_fetch_with_the_feed() -> None:
+    out = run_bench("bench.pull", "--messages", "3000")
+    assert "fetch" in out and "feed" in out
+    results = json.loads((ROOT / "bench" / "results" / "pull.json").read_text())
+    assert results["feed"] > 0 and results["fetch"] > 0
