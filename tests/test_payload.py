@@ -354,16 +354,16 @@ def test_mixed_batch_keeps_good_points_with_their_indexes(
         "five",  # 5 invalid shape
         {"ts": "2024-11-25T16:00:00+02:00", "value": 6.0},  # 6 ok
         {"ts": 100.0, "value": 7.0},  # 7 out of range
-        8.5,  # 8 ok, ts = now
+        8.5,  # 8 invalid shape: a bare number only stands alone
         {"ts": "soon", "value": 9.0},  # 9 invalid timestamp
         {"ts": NOW, "value": 10.0, "extra": 1},  # 10 invalid shape
     ]
     got = decode(encode(batch), content_type)
     assert_points(
         got,
-        [NOW - 3, NOW - 2, NOW, NOW - 7200, NOW],
-        [1.0, 2.0, 3.0, 6.0, 8.5],
-        [0, 2, 3, 6, 8],
+        [NOW - 3, NOW - 2, NOW, NOW - 7200],
+        [1.0, 2.0, 3.0, 6.0],
+        [0, 2, 3, 6],
     )
     # Range errors are found after the per-point ones, yet come out sorted by index.
     assert [(e.index, e.reason) for e in got.errors] == [
@@ -371,6 +371,7 @@ def test_mixed_batch_keeps_good_points_with_their_indexes(
         (4, R.TIMESTAMP_OUT_OF_RANGE),
         (5, R.INVALID_SHAPE),
         (7, R.TIMESTAMP_OUT_OF_RANGE),
+        (8, R.INVALID_SHAPE),
         (9, R.INVALID_TIMESTAMP),
         (10, R.INVALID_SHAPE),
     ]
@@ -407,3 +408,10 @@ def test_batch_where_every_point_is_bad(encode: Encoder, content_type: str | Non
         (1, R.NOT_A_NUMBER),
         (2, R.TIMESTAMP_OUT_OF_RANGE),
     ]
+
+
+def test_bare_numbers_inside_a_batch_are_ambiguous_and_rejected() -> None:
+    got = decode(b"[1.5, 2.5, 3.5]")
+    assert len(got.values) == 0
+    assert [(e.index, e.reason) for e in got.errors] == [(i, R.INVALID_SHAPE) for i in range(3)]
+    assert "bare number" in got.errors[0].detail

@@ -246,3 +246,10 @@ def test_newer_version_is_refused(fields: dict[str, Any]) -> None:
     data = msgspec.msgpack.encode({**fields, "version": records.ACTOR_VERSION + 1})
     with pytest.raises(ValueError, match=r"record version 2 is newer than this DriftLock \(1\)"):
         decode_actor(data)
+
+
+def test_a_missing_upgrade_step_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = msgspec.msgpack.encode({"version": 1, "points": 3})
+    monkeypatch.setattr(records, "ACTOR_VERSION", 2)
+    with pytest.raises(ValueError, match="no upgrade from record version 1 to 2"):
+        records.decode_actor(old)

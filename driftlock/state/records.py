@@ -64,6 +64,8 @@ def _upgrade(raw: dict[str, Any], target: int) -> dict[str, Any]:
     if version > target:
         raise ValueError(f"record version {version} is newer than this DriftLock ({target})")
     while version < target:
+        if version not in UPGRADES:
+            raise ValueError(f"no upgrade from record version {version} to {version + 1}")
         raw = UPGRADES[version](raw)
         version += 1
         raw["version"] = version

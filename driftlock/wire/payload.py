@@ -109,7 +109,9 @@ def _fast_pairs(data: bytes, content_type: str) -> _Pairs | None:
 
 
 def _as_items(raw: Any) -> list[Any] | None:
-    if isinstance(raw, dict) or _is_number(raw) or _is_pair(raw):
+    if _is_number(raw):
+        return [{"value": raw}]
+    if isinstance(raw, dict) or _is_pair(raw):
         return [raw]
     if isinstance(raw, list):
         return raw
@@ -117,25 +119,42 @@ def _as_items(raw: Any) -> list[Any] | None:
 
 
 def _decode_items(items: list[Any], now: float) -> DecodedPoints:
-    ts = np.empty(len(items), dtype=np.float64)
-    values = np.empty(len(items), dtype=np.float64)
+    """Point by point, in plain Python: these messages are small, where numpy's per-call
+    overhead would cost more than the checks themselves."""
+    ts: list[float] = []
+    values: list[float] = []
     kept: list[int] = []
     errors: list[PointError] = []
     for i, item in enumerate(items):
         point = _one_point(item, now)
         if isinstance(point, PointError):
             errors.append(replace(point, index=i))
-            continue
-        ts[len(kept)], values[len(kept)] = point
-        kept.append(i)
-    n = len(kept)
-    index = np.array(kept, dtype=np.int32)
-    return _check_ranges(ts[:n], values[:n], index, errors, now)
+        elif not _in_range(*point, now):
+            errors.append(_range_error(i, *point, now))
+        else:
+            ts.append(point[0])
+            values.append(point[1])
+            kept.append(i)
+    return DecodedPoints(
+        np.array(ts, dtype=np.float64),
+        np.array(values, dtype=np.float64),
+        np.array(kept, dtype=np.int32),
+        errors,
+    )
+
+
+def _in_range(ts: float, value: float, now: float) -> bool:
+    return math.isfinite(value) and MIN_TS <= ts <= now + MAX_FUTURE_S
 
 
 def _one_point(item: Any, now: float) -> tuple[float, float] | PointError:
     if _is_number(item):
-        return now, _float(item)
+        return PointError(
+            None,
+            RejectReason.INVALID_SHAPE,
+            f'bare number {_show(item)} in a batch: send [ts, value] or {{"value": …}} '
+            "(a bare number is accepted only as the whole message)",
+        )
     if isinstance(item, dict):
         if "value" not in item:
             return PointError(None, RejectReason.INVALID_SHAPE, 'point object without "value"')
