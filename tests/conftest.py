@@ -2,6 +2,7 @@
 Every test gets its own nats-server on a free port with a temporary JetStream store."""
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -63,3 +64,10 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition {check.__name__} not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def scrape(port: int | None) -> str:
+    """The node's Prometheus page (served from its own thread, so a blocking read is fine)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()

@@ -35,3 +35,10 @@ def test_pull_bench_compares_fetch_with_the_feed() -> None:
     assert "fetch" in out and "feed" in out
     results = json.loads((ROOT / "bench" / "results" / "pull.json").read_text())
     assert results["feed"] > 0 and results["fetch"] > 0
+
+
+def test_lmdb_bench_compares_per_record_with_batched_commits() -> None:
+    out = run_bench("bench.lmdb_commit", "--records", "3200")
+    assert "fsync per record" in out
+    results = json.loads((ROOT / "bench" / "results" / "lmdb_commit.json").read_text())
+    assert results["fsync per record"] > 0

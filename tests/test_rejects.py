@@ -3,7 +3,6 @@ and counted by reason, while the good events around it are applied."""
 
 import asyncio
 import json
-import urllib.request
 from collections import Counter
 
 import msgspec
@@ -12,7 +11,7 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.node import Node
 from driftlock.bus.partition import partition_of
-from tests.conftest import TEST_PARTITIONS, eventually
+from tests.conftest import TEST_PARTITIONS, eventually, scrape
 
 T0 = 1_732_550_400.0
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -44,12 +43,6 @@ BAD: list[tuple[str, bytes, dict[str, str] | None, str]] = [
 def good_points(node: Node, metric: str) -> int:
     rec = node.store.read_actor(partition_of("acme", metric, TEST_PARTITIONS), "acme", metric)
     return rec.points if rec else 0
-
-
-def scrape(port: int | None) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
 
 
 async def test_each_kind_of_bad_input_is_rejected_and_good_input_survives(

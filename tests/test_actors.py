@@ -1,0 +1,87 @@
+"""Stream actors leave memory when idle and come back from LMDB with their state; the node's
+Prometheus endpoint reports what happened."""
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from driftlock.actors.node import Node
+from driftlock.bus.partition import partition_of
+from driftlock.settings import Settings
+from tests.conftest import TEST_PARTITIONS, eventually, scrape
+
+T0 = 1_732_550_400.0
+
+
+@pytest.fixture
+async def quick_passivating_node(node_settings: Settings) -> AsyncIterator[Node]:
+    node = Node(node_settings.model_copy(update={"passivate_after_s": 0.3}))
+    await node.start()
+    yield node
+    await node.shutdown()
+
+
+def active(node: Node) -> int:
+    return sum(w.active_actors for w in node.supervisor.statistics())
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    found = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", text, re.M)
+    assert found, f"{name}{labels} not exported"
+    return float(found.group(1))
+
+
+async def test_idle_actors_are_passivated_and_reactivated_with_their_state(
+    quick_passivating_node: Node, nc: Client
+) -> None:
+    node = quick_passivating_node
+    rng = np.random.default_rng(5)
+    values = 20 + rng.normal(0, 1, 300)
+    await nc.publish(
+        "dl.in.acme.io", json.dumps([[T0 + i, v] for i, v in enumerate(values[:200])]).encode()
+    )
+    await nc.publish("dl.in.acme.net", json.dumps([[T0, 1.0]]).encode())
+    await nc.flush()
+    p = partition_of("acme", "io", TEST_PARTITIONS)
+
+    def both_applied() -> bool:
+        io = node.store.read_actor(p, "acme", "io")
+        return io is not None and io.points == 200 and active(node) == 2
+
+    await eventually(both_applied)
+
+    def passivated() -> bool:
+        return active(node) == 0
+
+    await eventually(passivated, timeout=5)
+    text = scrape(node.metrics_port)
+    assert metric(text, "driftlock_actors", '{state="active"}') == 0
+    assert metric(text, "driftlock_actors", '{state="passivated"}') == 2
+
+    # Reactivated from LMDB: the detector continues where it was, so a spike is caught at
+    # once (a fresh actor would still be warming up and stay silent).
+    anomalies: list[dict[str, object]] = []
+
+    async def on_anomaly(msg: Msg) -> None:
+        anomalies.append(json.loads(msg.data))
+
+    await nc.subscribe("dl.anomaly.acme.io", cb=on_anomaly)
+    await nc.publish("dl.in.acme.io", json.dumps([T0 + 200, 60.0]).encode())
+    await nc.flush()
+    await eventually(lambda: len(anomalies) == 1)
+    io = node.store.read_actor(p, "acme", "io")
+    assert io is not None and io.points == 201 and io.anomalies == 1
+
+    text = scrape(node.metrics_port)
+    assert metric(text, "driftlock_events_applied_total") == 202
+    assert metric(text, "driftlock_messages_processed_total") == 3
+    assert metric(text, "driftlock_anomalies_total", '{kind="spike"}') == 1
+    assert metric(text, "driftlock_batch_seconds_count") >= 2
+    assert metric(text, "driftlock_partition_lag", f'{{partition="{p}"}}') == 0
+    assert metric(text, "driftlock_partition_last_applied_seq", f'{{partition="{p}"}}') > 0
+    assert metric(text, "driftlock_lmdb_size_bytes") > 0
