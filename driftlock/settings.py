@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     )
     detector_warmup: int = Field(64, ge=2, description="points before a stream is scored")
     detector_threshold: float = Field(0.97, gt=0, lt=1, description="anomaly score threshold")
+    gateway_host: str = Field("127.0.0.1", description="address the HTTP gateway listens on")
+    gateway_port: int = Field(
+        8321, ge=0, le=65535, description="HTTP gateway port; 0 picks a free one"
+    )
+    access_token_ttl_s: float = Field(900, gt=0, description="lifetime of JWT access tokens")
+    refresh_token_ttl_s: float = Field(30 * 86400, gt=0, description="lifetime of refresh tokens")
+    max_body_bytes: int = Field(
+        8 << 20, ge=1024, description="largest HTTP request body (413 above)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @field_validator("nats_url")

@@ -5,6 +5,7 @@ import asyncio
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import pytest
@@ -71,3 +72,18 @@ def scrape(port: int | None) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+@pytest.fixture
+async def gateway(node: Node, node_settings: Settings) -> AsyncIterator["GatewayServer"]:
+    """A real uvicorn server on a free port, against the same nats-server as `node`."""
+    from driftlock.gateway.server import GatewayServer
+
+    server = GatewayServer(node_settings.model_copy(update={"gateway_port": 0}))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+if TYPE_CHECKING:
+    from driftlock.gateway.server import GatewayServer

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from driftlock.actors.guard import SubjectGuard
 from driftlock.actors.metrics import NodeMetrics
 from driftlock.actors.partition import PartitionWorker, WorkerConfig
+from driftlock.actors.queries import QueryResponder
 from driftlock.actors.supervisor import Supervisor
 from driftlock.bus.connection import connect
 from driftlock.bus.probe import verify_partition_mapping
@@ -33,6 +34,7 @@ class Node:
     _store: StateStore | None = None
     _supervisor: Supervisor | None = None
     _guard: SubjectGuard | None = None
+    _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -97,6 +99,10 @@ class Node:
         self._guard = SubjectGuard(nc, subjects, self.metrics)
         await self._guard.start()
         await self._supervisor.start()
+        self._queries = QueryResponder(
+            nc, subjects, store, detector, s.partitions, self._supervisor.owned
+        )
+        await self._queries.start()
         self.ready.set()
         log.info(
             "node started",
@@ -119,6 +125,8 @@ class Node:
         self.metrics_port = server.server_port
 
     async def shutdown(self) -> None:
+        if self._queries is not None:
+            await self._queries.stop()
         if self._guard is not None:
             await self._guard.stop()
         if self._supervisor is not None:

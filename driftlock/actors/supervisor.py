@@ -27,6 +27,10 @@ class Supervisor:
     def desired_partitions(self) -> set[int]:
         return set(range(self._partitions))
 
+    def owned(self) -> set[int]:
+        """The partitions this node runs now."""
+        return set(self._tasks)
+
     def statistics(self) -> Iterable[WorkerStatistics]:
         return [w.statistics() for w in list(self._workers.values())]
 

@@ -36,7 +36,7 @@ def events_config(subjects: Subjects, partitions: int, limits: StreamLimits) -> 
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=limits.events_max_age_s,
-        duplicate_window=120,
+        duplicate_window=min(120, limits.events_max_age_s),
     )
 
 
@@ -48,7 +48,8 @@ def anomalies_config(subjects: Subjects, limits: StreamLimits) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=limits.anomalies_max_age_s,
-        duplicate_window=limits.duplicate_window_s,
+        # JetStream refuses a de-duplication window longer than the stream keeps messages.
+        duplicate_window=min(limits.duplicate_window_s, limits.anomalies_max_age_s),
         republish=RePublish(src=subjects.anomaly_store_all, dest=subjects.anomaly_all),
     )
 

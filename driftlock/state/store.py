@@ -68,14 +68,18 @@ class StateStore:
             data = txn.get(actor_key(partition, tenant, metric))
         return decode_actor(data) if data is not None else None
 
-    def iter_actors(self, partition: int) -> Iterator[tuple[str, str, ActorRecord]]:
+    def iter_actors(
+        self, partition: int, tenant: str | None = None
+    ) -> Iterator[tuple[str, str, ActorRecord]]:
+        """Actors of a partition (of one tenant only, if given), in key order."""
         prefix = partition_prefix(partition)
+        scan = prefix + f"{tenant}/".encode() if tenant is not None else prefix
         with self._env.begin(db=self._actors) as txn:
             cursor = txn.cursor()
-            if not cursor.set_range(prefix):
+            if not cursor.set_range(scan):
                 return
             for key, value in cursor:
-                if not key.startswith(prefix):
+                if not key.startswith(scan):
                     break
                 tenant, metric = key[len(prefix) :].decode().split("/", 1)
                 yield tenant, metric, decode_actor(value)

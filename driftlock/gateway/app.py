@@ -1,0 +1,227 @@
+"""The Starlette application: endpoints, health, metrics, OpenAPI, and the pure ASGI
+middleware that limits body size, times requests and opens a trace span for each."""
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from opentelemetry import trace
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from driftlock import __version__
+from driftlock.bus.connection import connect
+from driftlock.gateway import admin_api, anomalies_api, auth_api, ingest_api, metrics_api
+from driftlock.gateway.control import ControlPlane
+from driftlock.gateway.errors import (
+    ApiError,
+    error_body,
+    handle_api_error,
+    handle_http_exception,
+    handle_unexpected,
+)
+from driftlock.gateway.openapi import openapi_document
+from driftlock.gateway.ratelimit import DEFAULT_PLANS, RateLimiter
+from driftlock.gateway.routing import Endpoint
+from driftlock.gateway.service import Gateway
+from driftlock.settings import Settings
+
+ENDPOINTS: list[Endpoint] = [
+    *auth_api.ENDPOINTS,
+    *admin_api.ENDPOINTS,
+    *ingest_api.ENDPOINTS,
+    *metrics_api.ENDPOINTS,
+    *anomalies_api.ENDPOINTS,
+]
+
+
+class GatewayApp:
+    """Holds the Gateway once the lifespan has connected it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gateway: Gateway | None = None
+
+    def build(self) -> Starlette:
+        document = openapi_document(ENDPOINTS, __version__)
+
+        async def healthz(request: Request) -> Response:
+            return JSONResponse({"status": "ok"})
+
+        async def readyz(request: Request) -> Response:
+            gw = self.gateway
+            checks = {
+                "nats": gw is not None and gw.nc.is_connected,
+                "buckets": gw is not None and await gw.control.reachable(),
+            }
+            ready = all(checks.values())
+            return JSONResponse(
+                {"status": "ready" if ready else "not ready", "checks": checks},
+                status_code=200 if ready else 503,
+            )
+
+        async def metrics(request: Request) -> Response:
+            assert self.gateway is not None
+            return Response(
+                generate_latest(self.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST
+            )
+
+        async def openapi(request: Request) -> Response:
+            return JSONResponse(document)
+
+        routes: list[BaseRoute] = [
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/openapi.json", openapi),
+        ]
+        routes += [_DeferredRoute(e, self) for e in ENDPOINTS]
+        app = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={
+                ApiError: handle_api_error,
+                HTTPException: handle_http_exception,
+                Exception: handle_unexpected,
+            },
+        )
+        return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        s = self.settings
+        nc = await connect(s.nats_url, name=f"driftlock-gateway-{s.node_id}")
+        js = nc.jetstream()
+        control = ControlPlane(js, s.prefix, s.access_token_ttl_s)
+        await control.start()
+        self.gateway = Gateway(
+            settings=s, nc=nc, js=js, control=control, limiter=RateLimiter(DEFAULT_PLANS)
+        )
+
+        async def on_reconnect() -> None:
+            await control.restart_watches()
+
+        nc._reconnected_cb = _chain(nc._reconnected_cb, on_reconnect)  # nats-py has one slot
+        try:
+            yield
+        finally:
+            await control.stop()
+            await nc.drain()
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+def _chain(first: Callback | None, second: Callback) -> Callback:
+    async def both() -> None:
+        if first is not None:
+            await first()
+        await second()
+
+    return both
+
+
+class _DeferredRoute(Route):
+    """A Route whose endpoint reaches the Gateway created by the lifespan."""
+
+    def __init__(self, endpoint: Endpoint, holder: GatewayApp) -> None:
+        async def serve(request: Request) -> Response:
+            assert holder.gateway is not None
+            return await endpoint._serve(holder.gateway, request)
+
+        super().__init__(endpoint.path, serve, methods=[endpoint.method])
+        self.declared = endpoint
+
+
+class ObservedApp:
+    """Pure ASGI middleware: body size limit (413), request metrics and a trace span."""
+
+    def __init__(self, app: ASGIApp, holder: GatewayApp, max_body_bytes: int) -> None:
+        self.app, self.holder, self.max_body = app, holder, max_body_bytes
+        self.tracer = trace.get_tracer("driftlock.gateway")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _too_large(send, self.max_body)
+            return
+        started = time.perf_counter()
+        status = 500
+        route = _route_name(scope, self.holder)
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        gw = self.holder.gateway
+        tracer = gw.tracer if gw is not None else self.tracer
+        with tracer.start_as_current_span(f"{scope['method']} {route}") as span:
+            await self.app(scope, _limited(receive, self.max_body), send_observed)
+            span.set_attribute("http.status_code", status)
+        if gw is not None:
+            gw.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:  # a chunked body without Content-Length
+                raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+        return message
+
+    return wrapped
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(
+        error_body("payload_too_large", f"request body exceeds {limit} bytes")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _route_name(scope: Scope, holder: GatewayApp) -> str:
+    """The route template, not the raw path, so metric labels stay bounded."""
+    path: str = scope["path"]
+    for e in ENDPOINTS:
+        if _matches(e.path, path):
+            return e.path
+    return path if path in {"/healthz", "/readyz", "/metrics", "/openapi.json"} else "other"
+
+
+def _matches(template: str, path: str) -> bool:
+    t, p = template.strip("/").split("/"), path.strip("/").split("/")
+    return len(t) == len(p) and all(a == b or a.startswith("{") for a, b in zip(t, p, strict=True))
+
+
+def create_app(settings: Settings) -> tuple[ASGIApp, GatewayApp]:
+    holder = GatewayApp(settings)
+    return ObservedApp(holder.build(), holder, settings.max_body_bytes), holder

@@ -1,0 +1,181 @@
+"""POST /v1/ingest: many metrics and points per request, as JSON, NDJSON or msgpack; every
+bad field reported by path; published as batched asynchronous JetStream publishes."""
+
+import asyncio
+import math
+import time
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from opentelemetry.propagate import inject
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+
+from driftlock.gateway.errors import ApiError, invalid
+from driftlock.gateway.models import IngestRequest, IngestResponse
+from driftlock.gateway.roles import Permission
+from driftlock.gateway.routing import Call, Endpoint, validation_details
+from driftlock.wire.payload import MAX_FUTURE_S, MIN_TS
+
+Pairs = list[tuple[float, float]]
+Errors = list[dict[str, str]]
+MAX_ERRORS = 100
+_msgpack = msgspec.msgpack.Encoder()
+
+
+async def ingest(call: Call) -> Response:
+    raw = await call.request.body()
+    content_type = call.request.headers.get("content-type", "application/json")
+    kind = content_type.split(";", 1)[0].strip().lower()
+    now = time.time()
+    if kind in ("application/json", ""):
+        batches = _parse_document(_decode(msgspec.json.decode, raw, "JSON"), now)
+    elif kind in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
+        batches = _parse_document(_decode(msgspec.msgpack.decode, raw, "msgpack"), now)
+    elif kind in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
+        batches = _parse_ndjson(raw, now)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {kind!r}; use application/json, application/x-ndjson "
+            "or application/msgpack",
+        )
+    points = sum(len(p) for p in batches.values())
+    call.gateway.limit_points(call.tenant, points)
+    await _publish(call, batches)
+    call.gateway.count_points(call.tenant, points)
+    return JSONResponse(
+        IngestResponse(accepted=points, metrics=len(batches)).model_dump(), status_code=202
+    )
+
+
+def _decode(decode: Any, raw: bytes, what: str) -> Any:
+    if not raw:
+        raise ApiError(400, "malformed_body", "request body is empty")
+    try:
+        return decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "malformed_body", f"body is not valid {what}: {exc}") from None
+
+
+def _parse_document(doc: Any, now: float) -> dict[str, Pairs]:
+    try:
+        request = IngestRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise invalid(validation_details(exc), "body is invalid") from None
+    batches: dict[str, Pairs] = {}
+    errors: Errors = []
+    for i, m in enumerate(request.metrics):
+        pairs = batches.setdefault(m.metric, [])
+        for j, point in enumerate(m.points):
+            _add_point(point, f"metrics[{i}].points[{j}]", now, pairs, errors)
+    if errors:
+        raise invalid(errors[:MAX_ERRORS], f"{len(errors)} invalid points; nothing was ingested")
+    return batches
+
+
+def _parse_ndjson(raw: bytes, now: float) -> dict[str, Pairs]:
+    """Each line: {"metric", "points": [...]} or {"metric", "ts"?, "value"}."""
+    metrics: list[Any] = []
+    errors: Errors = []
+    for n, line in enumerate(raw.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            doc = msgspec.json.decode(line)
+        except msgspec.DecodeError as exc:
+            errors.append({"path": f"line[{n}]", "message": f"not valid JSON: {exc}"})
+            continue
+        if isinstance(doc, dict) and "points" not in doc and "value" in doc:
+            point = {k: doc[k] for k in ("ts", "value") if k in doc}
+            doc = {"metric": doc.get("metric"), "points": [point]}
+        metrics.append(doc)
+    if errors:
+        raise invalid(errors[:MAX_ERRORS], "body is invalid")
+    if not metrics:
+        raise ApiError(400, "malformed_body", "request body has no lines")
+    return _parse_document({"metrics": metrics}, now)
+
+
+def _add_point(point: Any, path: str, now: float, out: Pairs, errors: Errors) -> None:
+    if isinstance(point, list) and len(point) == 2:
+        (raw_ts, value), ts_path, value_path = point, f"{path}[0]", f"{path}[1]"
+    elif isinstance(point, dict) and "value" in point and set(point) <= {"ts", "value"}:
+        raw_ts, value = point.get("ts"), point["value"]
+        ts_path, value_path = f"{path}.ts", f"{path}.value"
+    else:
+        errors.append({"path": path, "message": 'expected [ts, value] or {"ts": …, "value": …}'})
+        return
+    if not _is_number(value):
+        errors.append({"path": value_path, "message": "not a number"})
+        return
+    number = _finite(value)
+    if number is None:
+        errors.append({"path": value_path, "message": "not a finite number"})
+        return
+    ts = _timestamp(raw_ts, now, ts_path, errors)
+    if ts is not None:
+        out.append((ts, number))
+
+
+def _timestamp(raw: Any, now: float, path: str, errors: Errors) -> float | None:
+    if raw is None:
+        return now
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            errors.append({"path": path, "message": "not an RFC 3339 timestamp"})
+            return None
+        if parsed.tzinfo is None:
+            errors.append({"path": path, "message": "RFC 3339 timestamp without UTC offset"})
+            return None
+        ts = parsed.timestamp()
+    elif _is_number(raw):
+        ts = _finite(raw) or math.inf
+    else:
+        errors.append({"path": path, "message": "not a number or RFC 3339 string"})
+        return None
+    if not math.isfinite(ts) or not MIN_TS <= ts <= now + MAX_FUTURE_S:
+        hint = " (milliseconds? ts is in seconds)" if ts > now * 100 else ""
+        errors.append({"path": path, "message": f"timestamp out of range{hint}"})
+        return None
+    return ts
+
+
+def _finite(x: float) -> float | None:
+    try:
+        f = float(x)
+    except OverflowError:  # a JSON integer beyond float range
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+async def _publish(call: Call, batches: dict[str, Pairs]) -> None:
+    gateway = call.gateway
+    limit = gateway.settings.max_points_per_message
+    headers = {"Content-Type": "application/msgpack"}
+    inject(headers)  # the request's trace context travels with the events
+    futures = []
+    for metric, pairs in batches.items():
+        subject = gateway.subjects.ingest(call.tenant, metric)
+        for start in range(0, len(pairs), limit):
+            payload = _msgpack.encode(pairs[start : start + limit])
+            futures.append(await gateway.js.publish_async(subject, payload, headers=dict(headers)))
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+    except Exception as exc:
+        raise ApiError(503, "unavailable", f"events could not be stored: {exc!r}") from None
+
+
+ENDPOINTS = [
+    Endpoint("POST", "/v1/ingest", ingest, "Ingest points of many metrics", "ingest",
+             Permission.INGEST, body=IngestRequest, response=IngestResponse, status=202,
+             parse_body=False),
+]  # fmt: skip

@@ -1,0 +1,108 @@
+"""A local copy of one JetStream KV bucket, kept current by a watch.
+
+Reads never touch NATS; writes go to the bucket (the source of truth) and into the copy at
+once, so the writing gateway reads its own writes while the others learn them through their
+watch. The watch is rebuilt from scratch after a reconnect, so a nats-server restart cannot
+leave a stale copy behind.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("driftlock.gateway.kv")
+
+T = TypeVar("T")
+
+
+class KvCache(Generic[T]):
+    def __init__(self, kv: KeyValue, kind: type[T]) -> None:
+        self.kv = kv
+        self._decoder = msgspec.json.Decoder(kind)
+        self._encoder = msgspec.json.Encoder()
+        self._entries: dict[str, T] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch_forever(), name=f"kv-watch-{self.kv._name}")
+        await asyncio.wait_for(self._loaded.wait(), 10)
+
+    async def restart(self) -> None:
+        """Drop the watch and load the bucket again (after a reconnect)."""
+        await self.stop()
+        self._loaded.clear()
+        await self.start()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def get(self, key: str) -> T | None:
+        return self._entries.get(key)
+
+    def values(self) -> Iterator[T]:
+        return iter(list(self._entries.values()))
+
+    async def put(self, key: str, value: T) -> None:
+        await self.kv.put(key, self._encoder.encode(value))
+        self._entries[key] = value
+
+    async def create(self, key: str, value: T) -> bool:
+        """Put only if absent (compare-and-set on revision 0); False if it exists."""
+        try:
+            await self.kv.create(key, self._encoder.encode(value))
+        except Exception as exc:  # nats-py raises KeyWrongLastSequenceError / APIError here
+            if "wrong last sequence" in str(exc).lower() or "exists" in str(exc).lower():
+                return False
+            raise
+        self._entries[key] = value
+        return True
+
+    async def delete(self, key: str) -> None:
+        await self.kv.delete(key)
+        self._entries.pop(key, None)
+
+    async def _watch_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("kv watch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _watch_once(self) -> None:
+        watcher = await self.kv.watchall()
+        fresh: dict[str, T] | None = {}
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all in
+                    if fresh is not None:
+                        self._entries, fresh = fresh, None
+                        self._loaded.set()
+                    continue
+                target = fresh if fresh is not None else self._entries
+                if entry.operation in ("DEL", "PURGE") or entry.value is None:
+                    target.pop(entry.key, None)
+                    continue
+                try:
+                    target[entry.key] = self._decoder.decode(entry.value)
+                except msgspec.DecodeError as exc:
+                    log.warning(
+                        "skipping undecodable kv entry", extra={"key": entry.key, "error": str(exc)}
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]

@@ -1,0 +1,39 @@
+"""Roles and what each may do. One table, checked on every route."""
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    EDITOR = "editor"
+    VIEWER = "viewer"
+    INGEST = "ingest"
+
+
+class Permission(StrEnum):
+    INGEST = "ingest"
+    READ = "read"
+    MANAGE_KEYS = "manage_keys"
+    MANAGE_USERS = "manage_users"
+    MANAGE_TENANT = "manage_tenant"
+    SELF = "self"
+    """Any authenticated principal: who am I, log out."""
+
+
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.OWNER: frozenset(Permission),
+    Role.ADMIN: frozenset(Permission) - {Permission.MANAGE_TENANT},
+    Role.EDITOR: frozenset({Permission.INGEST, Permission.READ, Permission.SELF}),
+    Role.VIEWER: frozenset({Permission.READ, Permission.SELF}),
+    Role.INGEST: frozenset({Permission.INGEST, Permission.SELF}),
+}
+
+RANK = {Role.OWNER: 4, Role.ADMIN: 3, Role.EDITOR: 2, Role.VIEWER: 1, Role.INGEST: 1}
+
+
+def can_grant(granter: Role, role: Role) -> bool:
+    """Nobody hands out more power than they hold; only owners make owners."""
+    if role is Role.OWNER:
+        return granter is Role.OWNER
+    return RANK[granter] >= RANK[role] and granter in (Role.OWNER, Role.ADMIN)

@@ -1,0 +1,102 @@
+"""The gateway's shared state: NATS, the control plane, rate limits, metrics, tracing."""
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+
+from driftlock.bus.subjects import Subjects
+from driftlock.gateway.control import ControlPlane
+from driftlock.gateway.errors import unauthorized
+from driftlock.gateway.ratelimit import RateLimiter
+from driftlock.gateway.security import Principal
+from driftlock.settings import Settings
+
+log = logging.getLogger("driftlock.gateway")
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = PromCounter(
+            "driftlock_gateway_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "driftlock_gateway_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.auth_failures = PromCounter(
+            "driftlock_gateway_auth_failures",
+            "Requests refused for missing or bad credentials",
+            registry=r,
+        )
+        self.rate_limited = PromCounter(
+            "driftlock_gateway_rate_limited", "Requests refused with 429", registry=r
+        )
+        self.tenant_requests = PromCounter(
+            "driftlock_gateway_tenant_requests",
+            "Authenticated requests per tenant",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_points = PromCounter(
+            "driftlock_gateway_tenant_points", "Points accepted per tenant", ["tenant"], registry=r
+        )
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    control: ControlPlane
+    limiter: RateLimiter
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    tracer: trace.Tracer = field(
+        default_factory=lambda: TracerProvider().get_tracer("driftlock.gateway")
+    )
+    started: float = field(default_factory=time.time)
+    usage_requests: Counter[str] = field(default_factory=Counter)
+    usage_points: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.settings.prefix)
+
+    def plan_of(self, tenant: str) -> str:
+        record = self.control.tenants.get(tenant)
+        if record is None:
+            raise unauthorized("tenant no longer exists")
+        return record.plan
+
+    def limit_request(self, principal: Principal) -> None:
+        try:
+            self.limiter.check_request(
+                self.plan_of(principal.tenant), principal.tenant, principal.limiter_key
+            )
+        except Exception:
+            self.metrics.rate_limited.inc()
+            raise
+        self.usage_requests[principal.tenant] += 1
+        self.metrics.tenant_requests.labels(principal.tenant).inc()
+
+    def limit_points(self, tenant: str, points: int) -> None:
+        try:
+            self.limiter.check_points(self.plan_of(tenant), tenant, points)
+        except Exception:
+            self.metrics.rate_limited.inc()
+            raise
+
+    def count_points(self, tenant: str, points: int) -> None:
+        self.usage_points[tenant] += points
+        self.metrics.tenant_points.labels(tenant).inc(points)
