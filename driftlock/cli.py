@@ -35,11 +35,25 @@ NODE = (
     "detector_warmup",
     "detector_threshold",
 )
+GATEWAY = (
+    "gateway_host",
+    "gateway_port",
+    "access_token_ttl_s",
+    "refresh_token_ttl_s",
+    "max_body_bytes",
+)
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "up": (
         "Run the embedded default: a local nats-server with JetStream (config and store under "
-        "--data-dir) and one node. Prints the NATS URL and examples.",
-        (*COMMON, "nats_host", "nats_port", *NODE),
+        "--data-dir), one node and the HTTP gateway. On first start it creates tenant "
+        "'default' with an owner and prints the credentials once. Prints the NATS and "
+        "gateway URLs and examples.",
+        (*COMMON, "nats_host", "nats_port", *NODE, *GATEWAY),
+    ),
+    "gateway": (
+        "Run the HTTP gateway against an existing NATS server (--nats-url). Stateless: run "
+        "as many as you like behind a load balancer.",
+        (*COMMON, "nats_url", "node_id", *GATEWAY),
     ),
     "node": (
         "Run one node against an existing NATS server (--nats-url). The server must map "
@@ -64,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         for field_name in fields:
             _add_setting(sub, field_name)
+    admin = commands.add_parser("admin", help="Administration against a running NATS server.")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    create = admin_commands.add_parser(
+        "create-tenant",
+        help="Create a tenant with an owner; prints the owner's password once.",
+        description="Create a tenant with an owner; prints the owner's password once.",
+    )
+    create.add_argument("--tenant", required=True, help="tenant id, [A-Za-z0-9_-]{1,64}")
+    create.add_argument("--owner-email", required=True, help="the owner's e-mail (login)")
+    create.add_argument("--plan", default="standard", help="rate-limit plan (default standard)")
+    for field_name in ("nats_url", "prefix", "log_level"):
+        _add_setting(create, field_name)
     return parser
 
 
@@ -81,7 +107,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    command_args = {"command", "admin_command", "tenant", "owner_email", "plan"}
+    overrides = {k: v for k, v in vars(args).items() if k not in command_args and v is not None}
     try:
         settings = load_settings(**overrides)
     except DriftLockError as exc:
@@ -91,7 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mapping_block(Subjects(settings.prefix), settings.partitions), end="")
         return 0
     configure_logging(settings.log_level)
+    if args.command == "admin":
+        return _create_tenant(settings, args.tenant, args.owner_email, args.plan)
     return _run_service(args.command, settings)
+
+
+def _create_tenant(settings: Settings, tenant: str, owner_email: str, plan: str) -> int:
+    from driftlock.gateway.admin import create_tenant_once
+
+    try:
+        creds = uvloop.run(create_tenant_once(settings, tenant, owner_email, plan))
+    except DriftLockError as exc:
+        print(f"driftlock: {exc}", file=sys.stderr)
+        return 1
+    print(f"tenant   {creds.tenant}\nemail    {creds.email}\npassword {creds.password}")
+    print("(the password is shown once; log in with POST /v1/auth/token)")
+    return 0
 
 
 def _run_service(command: str, settings: Settings) -> int:

@@ -9,6 +9,8 @@ from driftlock.actors.node import Node
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import ConfigError
+from driftlock.gateway.bootstrap import Credentials, create_tenant
+from driftlock.gateway.server import GatewayServer
 from driftlock.settings import Settings
 
 
@@ -38,23 +40,52 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> None:
         port=settings.nats_port,
     )
     url = await server.start()
+    running = settings.model_copy(update={"nats_url": url})
     try:
-        node = Node(settings.model_copy(update={"nats_url": url}))
+        node = Node(running)
         await node.start()
+        gateway = GatewayServer(running)
         try:
+            gateway_url = await gateway.start()
+            credentials = await _first_tenant(gateway)
             print(banner(url, subjects, node.metrics_port, settings), flush=True)
+            print(gateway_banner(gateway_url, credentials), flush=True)
             await stop.wait()
         finally:
+            await gateway.stop()
             await node.shutdown()
     finally:
         server.stop()
+
+
+async def _first_tenant(gateway: GatewayServer) -> Credentials | None:
+    """On the very first start: tenant 'default' with an owner, credentials shown once."""
+    gw = gateway.app.gateway
+    assert gw is not None
+    if any(True for _ in gw.control.tenants.values()):
+        return None
+    return await create_tenant(gw.control, tenant="default", owner_email="owner@localhost")
+
+
+def gateway_banner(url: str, credentials: Credentials | None) -> str:
+    lines = [f"Gateway   {url}   (API: {url}/openapi.json)"]
+    if credentials is not None:
+        lines += [
+            "",
+            "First start: tenant 'default' was created. Its owner (shown once, keep it):",
+            f"  email     {credentials.email}",
+            f"  password  {credentials.password}",
+            f"  curl -s {url}/v1/auth/token -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"email": "{credentials.email}", "password": "{credentials.password}"}}\'',
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def banner(url: str, subjects: Subjects, metrics_port: int | None, settings: Settings) -> str:
     metrics = (
         f"http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_port else "disabled"
     )
-    ingest = subjects.ingest("acme", "cpu")
+    ingest = subjects.ingest("default", "cpu")
     return f"""
 DriftLock is running (Ctrl-C stops it).
   NATS      {url}

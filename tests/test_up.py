@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
+
 from driftlock.bus.partition import partition_of
 from driftlock.state import StateStore
 
@@ -45,13 +47,14 @@ async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> 
     up = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "driftlock.cli", "up",
         "--data-dir", str(data_dir), "--nats-port", "-1", "--metrics-port", "0",
+        "--gateway-port", "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert up.stdout is not None
     banner = ""
     try:
-        while "Subscribe to anomalies" not in banner or banner.count("EOF") < 4:
+        while "password" not in banner:
             line = await asyncio.wait_for(up.stdout.readline(), 30)
             assert line, "driftlock up exited before printing its banner"
             banner += line.decode()
@@ -79,8 +82,23 @@ async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> 
         received = (await asyncio.wait_for(subscriber.stdout.readline(), 10)).decode()
         subscriber.kill()
         await subscriber.wait()
-        assert received.startswith("dl.anomaly.acme.latency ")
+        assert received.startswith("dl.anomaly.default.latency ")
         assert '"kind":"spike"' in received and '"value":95.0' in received
+
+        # The gateway printed next to NATS, with the first owner's credentials, shown once.
+        gateway_url = re.search(r"Gateway\s+(http://[\d.]+:\d+)", banner)
+        email = re.search(r"email\s+(\S+)", banner)
+        password = re.search(r"password\s+(\S+)", banner)
+        assert gateway_url and email and password, banner
+        async with httpx.AsyncClient(base_url=gateway_url.group(1), timeout=10) as client:
+            r = await client.post(
+                "/v1/auth/token",
+                json={"email": email.group(1), "password": password.group(1)},
+            )
+            assert r.status_code == 200, r.text
+            auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            r = await client.get("/v1/anomalies", params={"metric": "latency"}, headers=auth)
+            assert [a["value"] for a in r.json()["anomalies"]] == [95.0]
 
         ports = list((data_dir / "nats" / "ports").glob("*.ports"))
         nats_pid = int(ports[0].name.rsplit("_", 1)[1].removesuffix(".ports"))
@@ -96,11 +114,11 @@ async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> 
 
     store = StateStore(data_dir / "state")
     try:
-        p = partition_of("acme", "latency", 64)
-        record = store.read_actor(p, "acme", "latency")
+        p = partition_of("default", "latency", 64)
+        record = store.read_actor(p, "default", "latency")
         assert record is not None and record.points == 301 and record.anomalies == 1
         assert store.read_meta(p).last_applied_seq > 0
-        cpu = store.read_actor(partition_of("acme", "cpu", 64), "acme", "cpu")
+        cpu = store.read_actor(partition_of("default", "cpu", 64), "default", "cpu")
         assert cpu is not None and cpu.last_value == 0.93
     finally:
         store.close()
