@@ -143,9 +143,23 @@ def _run_service(command: str, settings: Settings) -> int:
     async def node(s: Settings, stop: asyncio.Event) -> None:
         await Node(s).run(stop)
 
-    runner: Callable[[Settings, asyncio.Event], Awaitable[None]] = (
-        run_up if command == "up" else node
-    )
+    async def gateway(s: Settings, stop: asyncio.Event) -> None:
+        from driftlock.gateway.server import GatewayServer
+
+        server = GatewayServer(s)
+        url = await server.start()
+        log.info("gateway started", extra={"url": url})
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    runners: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {
+        "up": run_up,
+        "node": node,
+        "gateway": gateway,
+    }
+    runner = runners[command]
     try:
         uvloop.run(_until_signalled(runner, settings))
     except DriftLockError as exc:

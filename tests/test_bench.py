@@ -42,3 +42,11 @@ def test_lmdb_bench_compares_per_record_with_batched_commits() -> None:
     assert "fsync per record" in out
     results = json.loads((ROOT / "bench" / "results" / "lmdb_commit.json").read_text())
     assert results["fsync per record"] > 0
+
+
+def test_gateway_bench_quick_mode_runs_the_gateway_command() -> None:
+    out = run_bench("bench.gateway", "--quick")
+    assert "ingest 100 points" in out and "anomaly query" in out
+    results = json.loads((ROOT / "bench" / "results" / "gateway-quick.json").read_text())
+    assert results["ingest 100 points"]["errors"] == 0
+    assert results["anomaly query"]["errors"] == 0
