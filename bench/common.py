@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -36,6 +37,29 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     results = {"python": sys.version.split()[0], "at": time.time(), **results}
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+def spawn_driftlock(
+    args: list[str], data_dir: Path, started: str, timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """`driftlock <args>` with its log in data_dir; returns once it logs the `started`
+    message, with that log record."""
+    log = data_dir / "driftlock.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "driftlock.cli", *args],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if f'"{started}"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return process, record
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"driftlock {args[0]} did not start: {log.read_text()}")
 
 
 def scrape_counter(port: int, name: str) -> float:

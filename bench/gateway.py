@@ -9,7 +9,6 @@ import asyncio
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import uvloop
 
-from bench.common import print_table, write_results
+from bench.common import print_table, spawn_driftlock, write_results
 from bench.pipeline import PARTITIONS, start_node
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
@@ -27,21 +26,9 @@ from driftlock.settings import load_settings
 
 
 def start_gateway(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    log = data_dir / "gateway.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "driftlock.cli", "gateway", "--nats-url", url,
-         "--gateway-port", "0", "--partitions", str(PARTITIONS)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"gateway started"' in line:
-                return process, str(json.loads(line)["url"])
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"gateway did not start: {log.read_text()}")
+    args = ["gateway", "--nats-url", url, "--gateway-port", "0", "--partitions", str(PARTITIONS)]
+    process, record = spawn_driftlock(args, data_dir, "gateway started")
+    return process, str(record["url"])
 
 
 async def open_loop(

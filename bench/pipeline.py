@@ -14,7 +14,6 @@ import json
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.common import print_table, scrape_counter, write_results
+from bench.common import print_table, scrape_counter, spawn_driftlock, write_results
 from driftlock.bus.feed import PartitionFeed
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.streams import StreamLimits, ensure_streams
@@ -151,21 +150,10 @@ async def idle_latency(url: str, spikes: int) -> list[float]:
 
 
 def start_node(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    log = data_dir / "node.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "driftlock.cli", "node", "--nats-url", url, "--data-dir",
-         str(data_dir), "--metrics-port", "0", "--partitions", str(PARTITIONS)],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if '"node started"' in line:
-                return process, int(json.loads(line)["metrics_port"])
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"node did not start: {log.read_text()}")
+    args = ["node", "--nats-url", url, "--data-dir", str(data_dir), "--metrics-port", "0",
+            "--partitions", str(PARTITIONS)]  # fmt: skip
+    process, record = spawn_driftlock(args, data_dir, "node started")
+    return process, int(record["metrics_port"])
 
 
 async def main(quick: bool) -> dict[str, Any]:
