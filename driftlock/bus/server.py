@@ -2,11 +2,13 @@
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,17 @@ from driftlock.bus.subjects import Subjects
 from driftlock.errors import NatsServerError
 
 NATS_SERVER_ENV = "DRIFTLOCK_NATS_SERVER"
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if DriftLock dies without stopping it (kill -9), so no
+    orphaned nats-server keeps the port and the store."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def find_nats_server() -> str:
@@ -79,7 +92,8 @@ class ManagedNatsServer:
                 [binary, "-c", str(self.config_path), "--ports_file_dir", str(ports_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # Ctrl-C reaches DriftLock, which stops it in order
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (one async-signal-safe prctl call)
             )
         self.url = await self._wait_for_ports_file(ports_dir, timeout)
         # A restart keeps the port, so clients reconnect to the same URL.
