@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from driftlock.gateway.models import AnomalyPage, AnomalyQuery, StreamQuery
@@ -56,35 +56,57 @@ async def list_anomalies(call: Call) -> Response:
 async def _scan(
     call: Call, stream: str, config: ConsumerConfig, q: AnomalyQuery
 ) -> tuple[list[dict[str, Any]], int | None]:
-    js = call.gateway.js
-    info = await js.add_consumer(stream, config)
+    """One ephemeral consumer, one no-wait pull of the scan budget on a plain subscription
+    (two round trips in all); the consumer is deleted without waiting for the answer."""
+    gateway = call.gateway
+    info = await gateway.js.add_consumer(stream, config)
     assert info.name is not None
-    found: list[dict[str, Any]] = []
     try:
-        if info.num_pending == 0:
+        if not info.num_pending:
             return [], None
-        sub = await js.pull_subscribe_bind(durable=info.name, stream=stream)
-        budget = q.limit * SCAN_FACTOR
-        last_seq = 0
-        while budget > 0:
-            msgs = await sub.fetch(min(budget, 256), timeout=2)
-            for msg in msgs:
-                budget -= 1
-                meta = msg.metadata
-                last_seq = meta.sequence.stream
-                if q.until is not None and meta.timestamp.timestamp() > q.until:
-                    return found, None
-                a = json.loads(msg.data)
-                if matches(a, q.metric_pattern, q.min_score, q.kind):
-                    found.append(a)
-                    if len(found) == q.limit:
-                        return found, last_seq + 1 if meta.num_pending else None
-                if meta.num_pending == 0:
-                    return found, None
-        return found, last_seq + 1
+        budget = min(q.limit * SCAN_FACTOR, info.num_pending)
+        msgs = await _pull(gateway.nc, stream, info.name, budget)
     finally:
-        with contextlib.suppress(NotFoundError, Exception):
-            await js.delete_consumer(stream, info.name)
+        await gateway.nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{info.name}", b"")
+    found: list[dict[str, Any]] = []
+    last_seq, pending = 0, info.num_pending
+    for msg in msgs:
+        meta = msg.reply.split(".")
+        last_seq, stored_ns, pending = int(meta[5]), int(meta[7]), int(meta[8])
+        if q.until is not None and stored_ns / 1e9 > q.until:
+            return found, None
+        a = json.loads(msg.data)
+        if matches(a, q.metric_pattern, q.min_score, q.kind):
+            found.append(a)
+            if len(found) == q.limit:
+                break
+    return found, (last_seq + 1 if pending else None)
+
+
+async def _pull(nc: Client, stream: str, consumer: str, count: int) -> list[Msg]:
+    msgs: list[Msg] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        if msg.reply:
+            msgs.append(msg)
+            if len(msgs) < count:
+                return
+        done.set()  # the batch is complete, or a status (404/408) ended the request
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        request = {"batch": count, "no_wait": True}
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            json.dumps(request).encode(),
+            reply=inbox,
+        )
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await sub.unsubscribe()
+    return msgs
 
 
 async def stream_anomalies(call: Call) -> Response:

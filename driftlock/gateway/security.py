@@ -5,6 +5,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -106,18 +107,38 @@ def _api_key_principal(control: ControlPlane, key: str) -> Principal:
     return Principal(tenant=record.tenant, role=record.role, kind="api_key", subject=record.id)
 
 
+_verified: dict[tuple[str, str], dict[str, Any]] = {}
+"""Tokens whose signature was checked, with their claims: a client sends the same token
+many times, and pyjwt's checks cost more than the rest of a request. Expiry and revocation
+are still checked on every request."""
+_VERIFIED_MAX = 50_000
+
+
+def _claims(control: ControlPlane, token: str) -> dict[str, Any]:
+    key = (control.signing_key, token)
+    claims = _verified.get(key)
+    if claims is None:
+        try:
+            claims = jwt.decode(
+                token,
+                control.signing_key,
+                algorithms=[JWT_ALGORITHM],
+                options={"require": ["exp", "sub", "ten", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("access token expired; refresh it") from None
+        except jwt.InvalidTokenError:
+            raise unauthorized("invalid access token") from None
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        _verified[key] = claims
+    if claims["exp"] <= time.time():
+        raise unauthorized("access token expired; refresh it")
+    return claims
+
+
 def _jwt_principal(control: ControlPlane, token: str) -> Principal:
-    try:
-        claims = jwt.decode(
-            token,
-            control.signing_key,
-            algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "sub", "ten", "jti"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise unauthorized("access token expired; refresh it") from None
-    except jwt.InvalidTokenError:
-        raise unauthorized("invalid access token") from None
+    claims = _claims(control, token)
     if claims.get("typ") != "access" or control.revoked.get(str(claims["jti"])) is not None:
         raise unauthorized("access token revoked")
     user = control.users.get(str(claims["sub"]))
