@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     )
     duplicate_window_s: float = Field(3600, gt=0, description="DL_ANOMALIES de-duplication window")
     detector_window: int = Field(
-        128, ge=8, le=100_000, description="points in the rolling baseline"
+        256, ge=8, le=100_000, description="points in the rolling baselines"
     )
     detector_warmup: int = Field(64, ge=2, description="points before a stream is scored")
-    detector_threshold: float = Field(0.97, gt=0, lt=1, description="anomaly score threshold")
+    detector_threshold: float = Field(0.5, gt=0, lt=1, description="anomaly score threshold")
     gateway_host: str = Field("127.0.0.1", description="address the HTTP gateway listens on")
     gateway_port: int = Field(
         8321, ge=0, le=65535, description="HTTP gateway port; 0 picks a free one"

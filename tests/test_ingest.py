@@ -93,7 +93,9 @@ async def test_clear_anomaly_reaches_subscribers_and_normal_points_do_not(
     print(f"publish -> anomaly: {1000 * (arrived - sent):.1f} ms")
     assert anomaly["tenant"] == "acme" and anomaly["metric"] == "latency"
     assert anomaly["kind"] == "spike" and anomaly["value"] == 90.0 and anomaly["ts"] == T0 + 500
-    assert isinstance(anomaly["score"], float) and 0.97 <= anomaly["score"] <= 1.0
+    # A 20-sigma spike is far beyond the stream's own 99.9th percentile: well above the 0.5
+    # threshold (score = e / (e + 0.005), e the calibrated surprise beyond anything recent).
+    assert isinstance(anomaly["score"], float) and 0.9 <= anomaly["score"] <= 1.0
     expected = anomaly["expected"]
     assert isinstance(expected, list)
     lower, upper = expected

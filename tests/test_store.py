@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from driftlock.detect import RobustDetector, RobustState
+from driftlock.detect import Detector, DetectorState
 from driftlock.state import ActorRecord, PartitionMeta, StateStore, records
 from driftlock.state.records import decode_actor, decode_meta, encode
 from driftlock.state.store import actor_key
@@ -33,7 +33,7 @@ def store(store_dir: Path) -> Iterator[StateStore]:
 def record(points: int, *, seed: int = 0) -> ActorRecord:
     """A realistic record: detector state from a real run over `points` values."""
     values = np.random.default_rng(seed).normal(10.0, 1.0, max(points, 1))
-    state, _ = RobustDetector().detect(RobustState(), values)
+    state, _ = Detector().detect(DetectorState(), values)
     return ActorRecord(
         detector=state,
         points=points,

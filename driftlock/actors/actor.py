@@ -9,7 +9,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect import RobustDetector
+from driftlock.detect import Detector
 from driftlock.state.records import ActorRecord, encode
 from driftlock.wire.messages import Anomaly, anomaly_id
 
@@ -28,7 +28,7 @@ class StreamActor:
 
     def apply(
         self,
-        detector: RobustDetector,
+        detector: Detector,
         ts: FloatArray,
         values: FloatArray,
         seqs: IntArray,
@@ -36,7 +36,7 @@ class StreamActor:
     ) -> list[Anomaly]:
         """Apply points in stream order; returns the anomalies among them."""
         record = self.record
-        record.detector, found = detector.detect(record.detector, values)
+        record.detector, found = detector.detect(record.detector, values, ts)
         if record.points == 0:
             record.first_ts = float(ts[0])
         record.points += len(values)
@@ -57,12 +57,12 @@ class StreamActor:
                 score=round(float(found.score[j]), 6),
                 expected=(float(found.lower[j]), float(found.upper[j])),
                 kind=kind,
-                detectors=[detector.name],
+                detectors=agreed,
                 seq=int(seqs[j]),
                 index=int(indexes[j]),
                 detected_at=now,
             )
-            for j, kind in zip(found.anomalies, found.kinds, strict=True)
+            for j, kind, agreed in zip(found.anomalies, found.kinds, found.detectors, strict=True)
         ]
 
     def encoded(self) -> bytes:

@@ -18,7 +18,7 @@ from driftlock.bus.connection import connect
 from driftlock.bus.probe import verify_partition_mapping
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
-from driftlock.detect import RobustDetector
+from driftlock.detect import Detector
 from driftlock.settings import Settings
 from driftlock.state.store import StateStore
 
@@ -73,7 +73,7 @@ class Node:
         self._store = store = StateStore(
             s.data_dir / "state", map_size=s.lmdb_map_size, sync=s.lmdb_sync
         )
-        detector = RobustDetector(s.detector)
+        detector = Detector(s.detector)
         config = WorkerConfig(
             partitions=s.partitions,
             pull_batch=s.pull_batch,

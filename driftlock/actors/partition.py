@@ -22,7 +22,7 @@ from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
 from driftlock.bus.feed import Delivery, PartitionFeed
 from driftlock.bus.partition import partition_of
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
-from driftlock.detect import RobustDetector
+from driftlock.detect import Detector
 from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
 from driftlock.state.store import StateStore, actor_key
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
@@ -51,7 +51,7 @@ class PartitionWorker:
         js: JetStreamContext,
         store: StateStore,
         subjects: Subjects,
-        detector: RobustDetector,
+        detector: Detector,
         metrics: NodeMetrics,
         config: WorkerConfig,
     ) -> None:

@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 
 from driftlock.bus.partition import partition_of
 from driftlock.bus.subjects import Subjects
-from driftlock.detect import RobustDetector
+from driftlock.detect import Detector
 from driftlock.ids import is_valid_metric, is_valid_tenant
 from driftlock.state import ActorRecord, StateStore
 
@@ -46,7 +46,7 @@ class QueryResponder:
         nc: Client,
         subjects: Subjects,
         store: StateStore,
-        detector: RobustDetector,
+        detector: Detector,
         partitions: int,
         owned: Callable[[], set[int]],
     ) -> None:
@@ -99,7 +99,9 @@ class QueryResponder:
         state = record.detector
         # The band a next point would be judged against: detect() is pure, so asking it
         # about a hypothetical point changes nothing.
-        _, probe = self._detector.detect(state, np.array([record.last_value]))
+        _, probe = self._detector.detect(
+            state, np.array([record.last_value]), np.array([record.last_ts])
+        )
         recent = np.frombuffer(state.values, dtype=np.float64).tolist()
         detector = {
             k: v for k, v in msgspec.structs.asdict(state).items() if not isinstance(v, bytes)

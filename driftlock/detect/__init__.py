@@ -5,6 +5,14 @@ is what ships. A detector's output for a point depends only on the points before
 how the stream was cut into batches: a replay after a crash gives identical results.
 """
 
-from driftlock.detect.robust import Detections, DetectorConfig, RobustDetector, RobustState
+from driftlock.detect.config import DetectorConfig
+from driftlock.detect.ensemble import DETECTORS, Detections, Detector
+from driftlock.detect.state import DetectorState
 
-__all__ = ["Detections", "DetectorConfig", "RobustDetector", "RobustState"]
+__all__ = [
+    "DETECTORS",
+    "Detections",
+    "Detector",
+    "DetectorConfig",
+    "DetectorState",
+]

@@ -1,141 +1,155 @@
-"""Robust level detector: how far a point lies from the rolling median of the points before
-it, in units of a robust noise scale (the rolling median of absolute successive differences).
+"""Detectors on the value window, all robust statistics (medians), so batch-invariant:
 
-Medians are exact order statistics, so unlike running sums they carry no floating-point
-history: the result is bit-identical however the stream is batched.
+- `robust_level`: how far a point lies from the rolling median of the points before it, in
+  robust standard deviations (1.4826 × the rolling median absolute deviation);
+- `change_point`: a two-sided CUSUM of the robust z-scores (each clipped to ±CUSUM_CLIP,
+  less CUSUM_DRIFT): it accumulates a persistent deviation on one side, so it sees level
+  shifts and drifts that no single point makes unusual. It runs in integer fixed point, so
+  its sums are exact and do not depend on where batches start;
+- `volatility`: how much the median absolute step of the last SHORT points differs from the
+  window before them, as |log ratio| (a variance change, a burst of spikes).
 """
 
 from typing import NamedTuple
 
 import bottleneck as bn
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.wire.messages import AnomalyKind
+from driftlock.detect.calibrate import EPOCH
+from driftlock.detect.rolling import (
+    FloatArray,
+    before_each_point,
+    extend,
+    rolling_median,
+)
+from driftlock.detect.state import DetectorState, floats, tail
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.intp]
-
-_MEDIAN_ABS_DIFF_TO_SIGMA = 1.0 / (0.6744897501960817 * np.sqrt(2.0))
-"""For iid Gaussian noise, median |x_t - x_{t-1}| = 0.6745·√2·σ."""
-LEVEL_SHIFT_RUN = 3
-"""Consecutive out-of-band points on one side that make a level shift rather than a spike."""
-
-
-class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
-    window: int = 128
-    warmup: int = 64
-    threshold: float = 0.97
-    """Anomaly when score ≥ threshold. score = 1 − 1/z² (Chebyshev's bound on how unusual a
-    point z robust standard deviations away is), so 0.97 is z ≈ 5.8."""
-
-    def __post_init__(self) -> None:
-        if self.window < 8:
-            raise ValueError("window must be at least 8")
-        if not self.warmup >= 2:
-            raise ValueError("warmup must be at least 2")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError("threshold must be in (0, 1)")
-
-    @property
-    def band_z(self) -> float:
-        return float(1.0 / np.sqrt(1.0 - self.threshold))
+MAD_TO_SIGMA = 1.4826
+LONG_RUN = 16
+LONG_RUN_FLOOR = 0.25
+CUSUM_DRIFT = 1.0
+CUSUM_CLIP = 6.0
+CUSUM_UNIT = 1024
+_DRIFT = int(CUSUM_DRIFT * CUSUM_UNIT)
+"""CUSUM steps are counted in 1/CUSUM_UNIT of a robust sigma, in integers."""
+SHORT = 16
+"""Points in the volatility detector's short window."""
+_TINY = 1e-9
+VOLATILITY_EPS = 0.01
+"""Added to both medians of the volatility ratio, in robust sigmas: steps far below the
+stream's noise do not make a volatility change."""
 
 
-class RobustState(msgspec.Struct, kw_only=True):
-    """Compact serialisable state: the last `window` values and absolute differences."""
-
-    count: int = 0
-    values: bytes = b""
-    diffs: bytes = b""
-    run: int = 0
-    """Signed length of the current run of out-of-band points (+ above, − below)."""
-
-
-class Detections(NamedTuple):
-    """Per-point results for one batch; `anomalies` indexes into the batch."""
-
-    score: FloatArray
-    lower: FloatArray
-    upper: FloatArray
-    anomalies: IntArray
-    kinds: list[AnomalyKind]
+class RobustScores(NamedTuple):
+    level: FloatArray
+    shift: FloatArray
+    """The larger CUSUM, in robust sigmas."""
+    volatility: FloatArray
+    median: FloatArray
+    """Rolling median of the points before each point (NaN before the first)."""
+    scale: FloatArray
+    """Robust standard deviation of the points before each point."""
+    step: FloatArray
+    """|x_t - x_{t-1}|."""
+    built: FloatArray
+    """The CUSUM on the point's side before it, in robust sigmas: how far a shift had already
+    built up (a spike has none; the points after a level shift have)."""
 
 
-class RobustDetector:
-    name = "robust_level"
+def robust_scores(
+    state: DetectorState, values: FloatArray, window: int, counted: npt.NDArray[np.bool_]
+) -> tuple[RobustScores, dict[str, object]]:
+    """Raw scores of the three detectors for a batch, and the history fields to store; the
+    CUSUM only counts the `counted` points (after the warm-up, and not explained by the
+    seasonal profile)."""
+    n = len(values)
+    series = extend(floats(state.values), values)
+    if len(series) > n:
+        steps = np.abs(series[-n:] - series[-n - 1 : -1])
+    else:  # the stream's first point has no step
+        steps = np.abs(values - np.concatenate(([np.nan], values[:-1])))
+    diff_series = extend(floats(state.diffs), steps)
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
-        self.config = config or DetectorConfig()
+    medians = rolling_median(series, window)
+    median = before_each_point(medians, n)
+    dev = np.abs(values - median)
+    dev_series = extend(floats(state.devs), dev)
+    mad = before_each_point(rolling_median(dev_series, window), n)
+    floor, scales = _long_run_floor(state, mad)
+    # NaN (nothing before the point to measure from) stays NaN: no score.
+    scale = np.maximum(
+        MAD_TO_SIGMA * mad, np.maximum(floor, _TINY * np.maximum(1.0, np.abs(median)))
+    )
+    level = dev / scale
+    known = np.isfinite(level)
 
-    def detect(self, state: RobustState, values: FloatArray) -> tuple[RobustState, Detections]:
-        cfg = self.config
-        history = np.frombuffer(state.values, dtype=np.float64)
-        diff_history = np.frombuffer(state.diffs, dtype=np.float64)
-        n = len(values)
-        series = np.concatenate((history, values))
-        new_diffs = np.abs(np.diff(series[-n - 1 :])) if len(history) else np.abs(np.diff(values))
-        diffs = np.concatenate((diff_history, new_diffs))
+    signed = np.where(known & counted, (values - median) / scale, 0.0)
+    up, down, cusum_fields = _cusum(state, signed)
 
-        # Baseline of point j = statistics of the window that ends just before it.
-        median = _before_each_point(_rolling_median(series, cfg.window), n)
-        scale = _before_each_point(_rolling_median(diffs, cfg.window), n)
-        scale *= _MEDIAN_ABS_DIFF_TO_SIGMA
-        scale = np.maximum(scale, 1e-9 * np.maximum(1.0, np.abs(median)))
-        z = np.abs(values - median) / scale
-        position = state.count + np.arange(n)
-        z[(position < cfg.warmup) | np.isnan(z)] = 0.0
-        score = np.where(z > 1.0, 1.0 - 1.0 / np.maximum(z, 1.0) ** 2, 0.0)
-        half_band = cfg.band_z * scale
-        lower, upper = median - half_band, median + half_band
+    short = rolling_median(diff_series[-n - SHORT + 1 :], SHORT)[-n:]
+    long = before_each_point(rolling_median(diff_series, window), n, SHORT)
+    eps = VOLATILITY_EPS * scale
+    volatility = np.abs(np.log((short + eps) / (long + eps)))
 
-        flagged = np.flatnonzero(score >= cfg.threshold)
-        kinds, run = _classify(flagged, values, median, state.run, n)
-        new_state = RobustState(
-            count=state.count + n,
-            values=series[-cfg.window :].tobytes(),
-            diffs=diffs[-cfg.window :].tobytes(),
-            run=run,
-        )
-        return new_state, Detections(score, lower, upper, flagged, kinds)
-
-
-def _rolling_median(a: FloatArray, window: int) -> FloatArray:
-    if len(a) == 0:
-        return a
-    return np.asarray(bn.move_median(a, min(window, len(a)), min_count=1), dtype=np.float64)
-
-
-def _before_each_point(rolling: FloatArray, n: int) -> FloatArray:
-    """For each of the last n points (the last entry of `rolling` belongs to the newest), the
-    rolling statistic of the window that ends just before it; NaN where nothing is before."""
-    start = len(rolling) - n - 1
-    if start >= 0:
-        return rolling[start : start + n]
-    missing = min(-start, n)
-    return np.concatenate((np.full(missing, np.nan), rolling[: n - missing]))
+    keep = window + SHORT
+    up_before = np.concatenate(([state.cusum_up], up[:-1]))
+    down_before = np.concatenate(([state.cusum_down], down[:-1]))
+    built = np.where(signed >= 0, up_before, down_before) / CUSUM_UNIT
+    scores = RobustScores(
+        np.where(known, level, 0.0),
+        np.maximum(up, down) / CUSUM_UNIT,
+        np.where(np.isfinite(volatility), volatility, 0.0),
+        median,
+        scale,
+        steps,
+        built,
+    )
+    return scores, {
+        "values": tail(series, keep),
+        "diffs": tail(diff_series, keep),
+        "devs": tail(dev_series, window),
+        "scales": scales,
+        **cusum_fields,
+    }
 
 
-def _classify(
-    flagged: IntArray, values: FloatArray, median: FloatArray, run: int, n: int
-) -> tuple[list[AnomalyKind], int]:
-    """Spike or dip, or level shift once a run on one side reaches LEVEL_SHIFT_RUN points.
-    Loops over flagged points only, which are rare."""
-    kinds: list[AnomalyKind] = []
-    previous = -1
-    for j in flagged:
-        above = bool(values[j] > median[j])
-        contiguous = j == previous + 1
-        if contiguous and run != 0 and (run > 0) == above:
-            run = run + 1 if above else run - 1
-        else:
-            run = 1 if above else -1
-        previous = int(j)
-        if abs(run) >= LEVEL_SHIFT_RUN:
-            kinds.append(AnomalyKind.LEVEL_SHIFT)
-        else:
-            kinds.append(AnomalyKind.SPIKE if above else AnomalyKind.DIP)
-    if n and (len(flagged) == 0 or flagged[-1] != n - 1):
-        run = 0
-    return kinds, run
+def _long_run_floor(state: DetectorState, mad: FloatArray) -> tuple[FloatArray | float, bytes]:
+    """A floor under the scale: LONG_RUN_FLOOR × the median of the scales recorded at the last
+    LONG_RUN epoch boundaries (absolute positions), so that after a flat stretch the first
+    ordinary wiggle is not a thousand-sigma event."""
+    n = len(mad)
+    ring = floats(state.scales)
+    value = LONG_RUN_FLOOR * MAD_TO_SIGMA * float(bn.median(ring)) if len(ring) else 0.0
+    boundaries = range((-state.count) % EPOCH, n, EPOCH)
+    if not boundaries:
+        return value, state.scales
+    floor = np.empty(n)
+    a = 0
+    for b in boundaries:
+        floor[a:b] = value
+        if np.isfinite(mad[b]):
+            ring = np.append(ring, mad[b])[-LONG_RUN:]
+            value = LONG_RUN_FLOOR * MAD_TO_SIGMA * float(bn.median(ring))
+        a = b
+    floor[a:] = value
+    return floor, ring.tobytes()
+
+
+def _cusum(
+    state: DetectorState, signed: FloatArray
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[str, int]]:
+    """u_t = max(0, u_{t-1} + a_t) for both sides, solved in closed form over the batch:
+    u_t = P_t - min(-u_0, min_{j<=t} P_j), P being the running sum of the steps. Integers, so
+    the sums are exact whatever the batches."""
+    steps = np.rint(np.minimum(np.maximum(signed, -CUSUM_CLIP), CUSUM_CLIP) * CUSUM_UNIT)
+    sides = np.empty((2, len(signed)), dtype=np.int64)
+    sides[0] = steps
+    sides[1] = -steps
+    sides -= _DRIFT
+    np.cumsum(sides, axis=1, out=sides)
+    lowest = np.minimum.accumulate(sides, axis=1)
+    np.minimum(lowest, [[-state.cusum_up], [-state.cusum_down]], out=lowest)
+    sides -= lowest
+    up, down = sides
+    return up, down, {"cusum_up": int(up[-1]), "cusum_down": int(down[-1])}

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from driftlock.detect.robust import RobustState
+from driftlock.detect.state import DetectorState
 
 ACTOR_VERSION = 1
 META_VERSION = 1
@@ -17,7 +17,7 @@ class ActorRecord(msgspec.Struct, kw_only=True):
     two runs over the same events end with equal records."""
 
     version: int = ACTOR_VERSION
-    detector: RobustState = msgspec.field(default_factory=RobustState)
+    detector: DetectorState = msgspec.field(default_factory=DetectorState)
     points: int = 0
     anomalies: int = 0
     first_ts: float = 0.0

@@ -1,0 +1,104 @@
+"""What the detector costs: points/s on one core, no I/O, states held in memory as actors do.
+
+    python -m bench.detect_cost [--points N] [--streams N] [--quick]
+
+- one stream fed in batches of 100 points;
+- 10,000 streams fed interleaved: every stream gets one point per call, as when a partition
+  worker's pull batch holds points of many more streams than it has messages (and, for
+  comparison, 10 points per call);
+plus the serialised state size per stream. The data is a noisy daily pattern at one point a
+minute with a few spikes, so every detector and the seasonal profile work as in production.
+"""
+
+import argparse
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from bench.common import print_table, write_results
+from driftlock.detect import Detector, DetectorState
+from driftlock.settings import load_settings
+
+T0 = 1_732_492_800.0  # a midnight, UTC
+FloatArray = npt.NDArray[np.float64]
+
+
+def stream(seed: int, n: int) -> tuple[FloatArray, FloatArray]:
+    rng = np.random.default_rng(seed)
+    minute = np.arange(n, dtype=np.float64)
+    values = 50.0 + 20.0 * np.sin(2 * np.pi * minute / 1440.0) + rng.normal(0.0, 2.0, n)
+    values[rng.choice(n, size=max(1, n // 2000), replace=False)] += 40.0
+    return T0 + 60.0 * minute + seed, values
+
+
+def one_stream(detector: Detector, points: int, batch: int) -> dict[str, Any]:
+    ts, values = stream(0, points)
+    state = DetectorState()
+    warm = min(points // 4, 20_000)  # past the warm-up and the first days of the profile
+    for start in range(0, warm, batch):
+        state, _ = detector.detect(state, values[start : start + batch], ts[start : start + batch])
+    started = time.perf_counter()
+    for start in range(warm, points, batch):
+        state, _ = detector.detect(state, values[start : start + batch], ts[start : start + batch])
+    elapsed = time.perf_counter() - started
+    return {
+        "points_per_s": (points - warm) / elapsed,
+        "us_per_call": 1e6 * elapsed / ((points - warm) / batch),
+        "state_bytes": len(msgspec.msgpack.encode(state)),
+    }
+
+
+def interleaved(detector: Detector, streams: int, rounds: int, per_call: int) -> dict[str, Any]:
+    """`streams` states in a dict; each round every stream gets `per_call` points."""
+    data = [stream(seed, (rounds + 2) * per_call) for seed in range(streams)]
+    states = {seed: DetectorState() for seed in range(streams)}
+    # Warm every stream up first, so that what is timed is the steady state.
+    for seed, (ts, values) in enumerate(data):
+        states[seed], _ = detector.detect(states[seed], values[: 2 * per_call], ts[: 2 * per_call])
+    started = time.perf_counter()
+    for r in range(2, rounds + 2):
+        part = slice(r * per_call, (r + 1) * per_call)
+        for seed, (ts, values) in enumerate(data):
+            states[seed], _ = detector.detect(states[seed], values[part], ts[part])
+    elapsed = time.perf_counter() - started
+    points = streams * rounds * per_call
+    return {"points_per_s": points / elapsed, "us_per_call": 1e6 * elapsed / (streams * rounds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=200_000, help="points of the one stream")
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=20, help="points per interleaved stream")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the tests")
+    args = parser.parse_args()
+    if args.quick:
+        args.points, args.streams, args.rounds = 5_000, 50, 3
+
+    detector = Detector(load_settings().detector)
+    single = one_stream(detector, args.points, 100)
+    one_point = interleaved(detector, args.streams, args.rounds, 1)
+    ten_points = interleaved(detector, args.streams, max(1, args.rounds // 10), 10)
+    rows = [
+        ["1 stream, batches of 100", single["points_per_s"], single["us_per_call"]],
+        [f"{args.streams:,} streams interleaved, 1 point per call", *one_point.values()],
+        [f"{args.streams:,} streams interleaved, 10 points per call", *ten_points.values()],
+    ]
+    print_table("Detector cost, one core", ["scenario", "points/s", "µs per call"], rows)
+    print(f"\nstate per stream: {single['state_bytes']:,} bytes (msgpack)")
+    saved = write_results(
+        "detect_cost-quick" if args.quick else "detect_cost",
+        {
+            "one_stream_batch_100": single,
+            "interleaved_1_point": {"streams": args.streams, **one_point},
+            "interleaved_10_points": {"streams": args.streams, **ten_points},
+        },
+    )
+    print(saved)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The detector the actors run: several cheap online detectors, each calibrated against its
+own history on the stream, voting into one anomaly score in [0, 1].
+
+1. Raw scores: `robust_level`, `change_point` (a CUSUM), `volatility` (robust statistics on
+   the value window) and `seasonal_profile` (the same time of day on previous days). What the
+   seasonal profile explains does not feed the CUSUM.
+2. Calibration: each detector's surprise is log10(raw / ref), 0 below ref, ref being the
+   configured quantile of its own raw scores on this stream (never below a floor that iid
+   noise hardly reaches). The combined surprise is their mean, so a point that several
+   detectors find unusual outranks one that only one of them does.
+3. Refractory period: a point counts by how far its combined surprise exceeds ESCALATION
+   times the largest one in the `refractory` points before it: an event is reported when it
+   starts, not once per point while it lasts. The `missing_data` and `flatline` checks, which
+   fire on records only, are never held back.
+4. score = e / (e + SCORE_HALF), e being that excess; an anomaly when score ≥ threshold (the
+   default 0.5: just beyond the stream's 99.9th percentile on one detector, after a quiet
+   refractory period).
+
+Everything a point's score depends on is a point before it, and the state holds only order
+statistics, integer counts and sums, and per-day extremes: results are bit-identical however
+the stream is batched.
+"""
+
+from typing import NamedTuple
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from driftlock.detect.calibrate import Calibrator
+from driftlock.detect.config import DetectorConfig
+from driftlock.detect.robust import RobustScores, robust_scores
+from driftlock.detect.rolling import FloatArray, before_each_point, extend, rolling_max
+from driftlock.detect.rules import RuleFlags, check_rules
+from driftlock.detect.seasonal import seasonal_scores
+from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.wire.messages import AnomalyKind
+
+IntArray = npt.NDArray[np.intp]
+
+LEVEL, SEASONAL, CHANGE, VOLATILITY = range(4)
+DETECTORS = ("robust_level", "seasonal_profile", "change_point", "volatility")
+FLOORS = np.array([4.5, 1.0, 6.0, 1.8])
+"""Raw scores a detector never finds surprising, however quiet the stream: about what iid noise
+reaches once in 100,000 points (robust sigmas; envelope widths outside; robust sigmas of
+CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change)."""
+PRIORS = np.array([6.0, 5.0, 8.0, 2.1])
+"""References until a detector has MIN_HISTORY raw scores on the stream."""
+RULE_SURPRISE = 1.0
+SCORE_HALF = 0.0005
+"""The excess surprise that scores 0.5 (in log10 units, averaged over the detectors)."""
+ESCALATION = 10.0
+"""Within the refractory period, a point must be this many times as surprising as the most
+surprising point before it to be reported again: one alert per event, unless it grows tenfold."""
+SUSTAINED = 3.0
+"""Robust sigmas of CUSUM already built up before a point that make it part of a level shift."""
+
+
+class Detections(NamedTuple):
+    """Per-point results for one batch; `anomalies` indexes into the batch, and `kinds` and
+    `detectors` (which detectors agreed) go with them."""
+
+    score: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+    anomalies: IntArray
+    kinds: list[AnomalyKind]
+    detectors: list[list[str]]
+
+
+class Detector:
+    name = "driftlock"
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._calibrator = Calibrator(self.config.quantile, FLOORS, PRIORS)
+
+    def detect(
+        self, state: DetectorState, values: FloatArray, ts: FloatArray | None = None
+    ) -> tuple[DetectorState, Detections]:
+        """Score a batch of points in stream order; `ts` (epoch seconds) drives the seasonal
+        profile and the missing-data check, which are off without it."""
+        cfg = self.config
+        values = np.asarray(values, dtype=np.float64)
+        n = len(values)
+        if n == 0:
+            empty = np.empty(0)
+            return state, Detections(empty, empty, empty, np.empty(0, np.intp), [], [])
+        if ts is not None:
+            ts = np.asarray(ts, dtype=np.float64)
+
+        scored = state.count + np.arange(n) >= cfg.warmup
+        rules, rule_fields = check_rules(state, ts, values, cfg.warmup)
+        season_fields: dict[str, object] = {}
+        envelope_lo = envelope_hi = seasonal = _nans(n)
+        if ts is not None:
+            found, season_fields = seasonal_scores(
+                state, ts, values, rules.interval, cfg.season_days
+            )
+            seasonal, envelope_lo, envelope_hi = found
+        # What the seasonal profile explains is no deviation for the change-point detector.
+        counted = scored & ~(seasonal == 0.0)
+        robust, robust_fields = robust_scores(state, values, cfg.window, counted)
+        raw = np.empty((len(DETECTORS), n))
+        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY] = (
+            robust.level,
+            seasonal,
+            robust.shift,
+            robust.volatility,
+        )
+        surprise, refs, hist, last_refs = self._calibrator.surprise(state, raw, scored)
+
+        fired = rules.missing | rules.flat
+        combined = np.where(
+            scored, np.add.reduce(surprise, axis=0) / len(DETECTORS) + RULE_SURPRISE * fired, 0.0
+        )
+        series = extend(floats(state.surprise), combined)
+        recent = before_each_point(rolling_max(series, cfg.refractory), n)
+        excess = np.maximum(0.0, combined - ESCALATION * np.fmax(0.0, recent))
+        # A rule (flatline, missing data) fires on records only: it is never held back.
+        excess = np.where(fired, np.maximum(excess, RULE_SURPRISE), excess)
+        score = excess / (excess + SCORE_HALF)
+
+        half_band = refs[LEVEL] * robust.scale
+        lower, upper = robust.median - half_band, robust.median + half_band
+        anomalies = np.flatnonzero(score >= cfg.threshold)
+        kinds, agreed = [], []
+        for j in anomalies:
+            votes = surprise[:, j]
+            kinds.append(_kind(int(j), votes, values, robust, rules))
+            agreed.append(
+                [name for name, v in zip(DETECTORS, votes, strict=True) if v > 0]
+                + (["missing_data"] if rules.missing[j] else [])
+                + (["flatline"] if rules.flat[j] else [])
+            )
+            if int(np.argmax(votes)) == SEASONAL and np.isfinite(envelope_lo[j]):
+                lower[j], upper[j] = envelope_lo[j], envelope_hi[j]
+
+        # Fields a part did not touch (the seasonal table and gaps without timestamps) stay.
+        new_state = msgspec.structs.replace(
+            state,
+            count=state.count + n,
+            hist=hist,
+            refs=last_refs,
+            surprise=tail(series, cfg.refractory),
+            **robust_fields,
+            **rule_fields,
+            **season_fields,
+        )
+        return new_state, Detections(score, lower, upper, anomalies, kinds, agreed)
+
+
+def _nans(n: int) -> FloatArray:
+    a = np.empty(n)
+    a.fill(np.nan)
+    return a
+
+
+def _kind(
+    j: int, votes: FloatArray, values: FloatArray, robust: RobustScores, rules: RuleFlags
+) -> AnomalyKind:
+    """What happened, from which detector is the most surprised and how the point got there."""
+    if rules.missing[j]:
+        return AnomalyKind.MISSING_DATA
+    if rules.flat[j]:
+        return AnomalyKind.FLATLINE
+    top = int(np.argmax(votes))
+    if top == VOLATILITY:
+        return AnomalyKind.VARIANCE_CHANGE
+    sustained = robust.built[j] >= SUSTAINED
+    if top == CHANGE:
+        # The CUSUM leads: a shift that no single point made unusual is a trend change.
+        return AnomalyKind.LEVEL_SHIFT if robust.level[j] >= SUSTAINED else AnomalyKind.TREND_CHANGE
+    if sustained:
+        return AnomalyKind.LEVEL_SHIFT
+    median = robust.median[j]
+    above = not np.isfinite(median) or values[j] >= median
+    return AnomalyKind.SPIKE if above else AnomalyKind.DIP

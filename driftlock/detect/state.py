@@ -1,0 +1,71 @@
+"""A stream's detector state: compact, msgspec-serialisable, bounded in size.
+
+Arrays are stored as raw little-endian bytes; every field has a default, so a state written by
+an older DriftLock (which had only `count`, `values` and `diffs`) still decodes, and the
+detector carries on from the history it holds.
+"""
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class DetectorState(msgspec.Struct, kw_only=True):
+    count: int = 0
+    """Points seen."""
+    values: bytes = b""
+    """The last `window + SHORT` values."""
+    diffs: bytes = b""
+    """|x_t - x_{t-1}| for the last `window + SHORT` points."""
+    devs: bytes = b""
+    """|x_t - rolling median before t| for the last `window` points: the robust scale."""
+    scales: bytes = b""
+    """The robust scale at the last epoch boundaries: the long-run floor under the scale."""
+    cusum_up: int = 0
+    cusum_down: int = 0
+    """The change-point detector's CUSUMs, in 1/1024 robust sigma."""
+    gaps: bytes = b""
+    """Seconds between the last `GAP_WINDOW` consecutive points."""
+    last_ts: float | None = None
+    season_day: bytes = b""
+    """Day number held by each row of the seasonal table (-1: empty)."""
+    season_today: int = -1
+    """The day the seasonal reach was set for."""
+    season_reach: int = 1
+    """Neighbouring slots the envelopes take in today (from the stream's usual interval)."""
+    season_width: float = 0.0
+    """Today's median envelope width: the seasonal scores' scale. (No NaN in the state: states
+    are compared for equality, and NaN != NaN.)"""
+    envelope: bytes = b""
+    """float32 [2, slots]: today's seasonal envelope (lowest, highest) for every slot."""
+    season_lo: bytes = b""
+    season_hi: bytes = b""
+    """float32 [rows, slots]: lowest and highest value seen in each 5-minute slot of a day."""
+    flat_run: int = 0
+    """Consecutive identical values up to the last point."""
+    flat_record: int = 0
+    """Longest run of identical values that has ended (0 while the value never changed)."""
+    gap_record: float = 0.0
+    """Longest gap between points seen after the warm-up."""
+    hist: bytes = b""
+    """int32 [detectors, bins]: each detector's raw scores on a log scale, for calibration."""
+    refs: bytes = b""
+    """Each detector's calibration reference: the configured quantile of its raw scores."""
+    surprise: bytes = b""
+    """Combined surprise of the last `refractory` points."""
+
+
+def floats(data: bytes) -> FloatArray:
+    return np.frombuffer(data, dtype=np.float64)
+
+
+def ints(data: bytes) -> IntArray:
+    return np.frombuffer(data, dtype=np.int64)
+
+
+def tail(a: FloatArray, n: int) -> bytes:
+    """The last n entries as bytes."""
+    return a[-n:].tobytes() if n else b""
