@@ -129,7 +129,12 @@ class PartitionFeed:
         and in order); while NATS is unreachable, try again on a later call."""
         log.info(
             "resetting partition consumer",
-            extra={"filter": self._filter, "from_seq": self._next_seq, "reason": self._needs_reset},
+            extra={
+                "filter": self._filter,
+                "from_seq": self._next_seq,
+                "reason": self._needs_reset,
+                "credit": self._credit,
+            },
         )
         await self._close_consumer()
         try:
