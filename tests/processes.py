@@ -7,6 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str) -> str:
+    """`python -m <bench> <args>` from the repo root; its stdout, after checking it succeeded."""
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
 
 class NodeProcess:
     def __init__(self, *, nats_url: str, data_dir: Path, partitions: int, name: str) -> None:

@@ -1,24 +1,8 @@
 """Benchmarks are not tests, but their quick modes must keep working."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_bench(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+from tests.processes import ROOT, run_bench
 
 
 def test_pipeline_quick_mode_reports_numbers() -> None:

@@ -5,8 +5,6 @@ Handy identity: σ(y) = 2 / (1 + exp(5y)) - 1 = -tanh(5y / 2), so σ(-1) = tanh(
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from bench.nab_score import (
     score_files,
     window_rows,
 )
+from tests.processes import ROOT, run_bench
 
 STANDARD, LOW_FP, LOW_FN = PROFILES
 
@@ -265,23 +264,14 @@ def test_sweep_equals_scoring_every_threshold(seed: int) -> None:
 
 # -- the benchmark commands --
 
-ROOT = Path(__file__).resolve().parent.parent
 NAB = ROOT.parent / "shared" / "nab"
 
 
-@pytest.mark.skipif(not (NAB / "data").is_dir(), reason="the NAB corpus is not in ../shared/nab")
 def test_nab_bench_quick_mode(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.nab", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "standard" in result.stdout and "reward_low_FP_rate" in result.stdout
-    assert "artificialNoAnomaly" in result.stdout
+    assert (NAB / "data").is_dir(), "the NAB corpus must be at ../shared/nab"
+    out = run_bench("bench.nab", "--quick", "--out", str(tmp_path))
+    assert "standard" in out and "reward_low_FP_rate" in out
+    assert "artificialNoAnomaly" in out
     results = json.loads((ROOT / "bench" / "results" / "nab-quick.json").read_text())
     assert results["files"] == len(QUICK_FILES)
     for profile in PROFILES:
@@ -300,16 +290,8 @@ def test_nab_bench_quick_mode(tmp_path: Path) -> None:
 
 
 def test_detector_cost_bench_quick_mode() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.detect_cost", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "batches of 100" in result.stdout and "interleaved" in result.stdout
+    out = run_bench("bench.detect_cost", "--quick")
+    assert "batches of 100" in out and "interleaved" in out
     results = json.loads((ROOT / "bench" / "results" / "detect_cost-quick.json").read_text())
     assert results["one_stream_batch_100"]["points_per_s"] > 0
     assert results["interleaved_1_point"]["points_per_s"] > 0
