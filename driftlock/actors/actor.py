@@ -18,12 +18,11 @@ IntArray = npt.NDArray[np.int64]
 
 
 class StreamActor:
-    __slots__ = ("dirty", "last_active", "metric", "record", "tenant")
+    __slots__ = ("last_active", "metric", "record", "tenant")
 
     def __init__(self, tenant: str, metric: str, record: ActorRecord | None) -> None:
         self.tenant, self.metric = tenant, metric
         self.record = record or ActorRecord()
-        self.dirty = False
         self.last_active = time.monotonic()
 
     def apply(
@@ -42,7 +41,6 @@ class StreamActor:
         record.points += len(values)
         record.last_ts, record.last_value = float(ts[-1]), float(values[-1])
         record.anomalies += len(found.anomalies)
-        self.dirty = True
         self.last_active = time.monotonic()
         if not len(found.anomalies):
             return []

@@ -36,7 +36,6 @@ class Node:
     _guard: SubjectGuard | None = None
     _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def store(self) -> StateStore:
@@ -103,7 +102,6 @@ class Node:
             nc, subjects, store, detector, s.partitions, self._supervisor.owned
         )
         await self._queries.start()
-        self.ready.set()
         log.info(
             "node started",
             extra={

@@ -10,7 +10,6 @@ ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what i
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,17 +108,17 @@ class PartitionWorker:
             return
         anomalies: list[Anomaly] = []
         points = 0
-        for (tenant, metric), parts in slices.items():
-            actor = self._actor(tenant, metric)
+        touched = [self._actor(tenant, metric) for tenant, metric in slices]
+        for actor, parts in zip(touched, slices.values(), strict=True):
             ts, values, seqs, indexes = _concatenate(parts)
             anomalies += actor.apply(self._detector, ts, values, seqs, indexes)
             points += len(values)
         await self._publish_anomalies(anomalies)
         await self._publish_rejects(rejects)
-        dirty = {actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in self._dirty()}
-        await self._store.commit(self.partition, dirty, last_seq)
-        for actor in self._actors.values():
-            actor.dirty = False
+        # Only the actors of this batch changed: the commit costs what the batch touched,
+        # however many actors are active.
+        records = {actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in touched}
+        await self._store.commit(self.partition, records, last_seq)
         self.last_applied_seq = last_seq
         self._count(len(batch), points, anomalies, rejects, time.perf_counter() - started)
 
@@ -181,9 +180,6 @@ class PartitionWorker:
             actor = self._actors[(tenant, metric)] = StreamActor(tenant, metric, record)
         return actor
 
-    def _dirty(self) -> Iterator[StreamActor]:
-        return (a for a in self._actors.values() if a.dirty)
-
     async def _publish_anomalies(self, anomalies: list[Anomaly]) -> None:
         """Publish until JetStream has acknowledged every anomaly (ids make retries safe)."""
         delay = 0.1
@@ -223,7 +219,8 @@ class PartitionWorker:
             return
         self._last_passivation = now
         horizon = now - self._config.passivate_after_s
-        idle = [k for k, a in self._actors.items() if not a.dirty and a.last_active < horizon]
+        # Runs between batches, when every actor's state is committed.
+        idle = [k for k, a in self._actors.items() if a.last_active < horizon]
         for key in idle:
             del self._actors[key]
 

@@ -95,15 +95,15 @@ class ManagedNatsServer:
                 start_new_session=True,  # Ctrl-C reaches DriftLock, which stops it in order
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (one async-signal-safe prctl call)
             )
-        self.url = await self._wait_for_ports_file(ports_dir, timeout)
+        self.url = await self._wait_for_ports_file(ports_dir, binary, timeout)
         # A restart keeps the port, so clients reconnect to the same URL.
         self.port = int(self.url.rsplit(":", 1)[1])
         await self._wait_until_accepting(timeout)
         return self.url
 
-    async def _wait_for_ports_file(self, ports_dir: Path, timeout: float) -> str:
+    async def _wait_for_ports_file(self, ports_dir: Path, binary: str, timeout: float) -> str:
         assert self._process is not None
-        ports_file = ports_dir / f"{Path(find_nats_server()).name}_{self._process.pid}.ports"
+        ports_file = ports_dir / f"{Path(binary).name}_{self._process.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -100,7 +100,7 @@ async def create_key(call: Call) -> Response:
 async def delete_key(call: Call) -> Response:
     key_id = call.request.path_params["key_id"]
     control = call.gateway.control
-    for hashed, record in list(control.api_keys._entries.items()):
+    for hashed, record in control.api_keys.items():
         if record.id == key_id and record.tenant == call.tenant:
             await control.api_keys.delete(hashed)
             return Response(status_code=204)

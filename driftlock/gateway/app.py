@@ -2,6 +2,7 @@
 middleware that limits body size, times requests and opens a trace span for each."""
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -133,10 +134,9 @@ class _DeferredRoute(Route):
     def __init__(self, endpoint: Endpoint, holder: GatewayApp) -> None:
         async def serve(request: Request) -> Response:
             assert holder.gateway is not None
-            return await endpoint._serve(holder.gateway, request)
+            return await endpoint.serve(holder.gateway, request)
 
         super().__init__(endpoint.path, serve, methods=[endpoint.method])
-        self.declared = endpoint
 
 
 class ObservedApp:
@@ -190,8 +190,6 @@ def _limited(receive: Receive, limit: int) -> Receive:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    import json
-
     body = json.dumps(
         error_body("payload_too_large", f"request body exceeds {limit} bytes")
     ).encode()

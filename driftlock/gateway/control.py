@@ -3,7 +3,6 @@ revoked access tokens and the shared signing secret. Every gateway keeps a watch
 
 import hashlib
 import secrets
-import time
 from typing import Any
 
 import msgspec
@@ -126,6 +125,3 @@ class ControlPlane:
             assert entry.value is not None
             return entry.value.decode()
         return candidate
-
-    def now(self) -> float:
-        return time.time()

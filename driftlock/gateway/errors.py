@@ -1,5 +1,6 @@
 """One error shape everywhere: `{"error": {"code", "message", "details"}}`."""
 
+import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -56,8 +57,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     """Never a traceback to the client; the log has it."""
-    import logging
-
     logging.getLogger("driftlock.gateway").exception(
         "unhandled error", extra={"path": request.url.path}
     )

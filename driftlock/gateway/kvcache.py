@@ -52,6 +52,9 @@ class KvCache(Generic[T]):
     def values(self) -> Iterator[T]:
         return iter(list(self._entries.values()))
 
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(list(self._entries.items()))
+
     async def put(self, key: str, value: T) -> None:
         await self.kv.put(key, self._encoder.encode(value))
         self._entries[key] = value

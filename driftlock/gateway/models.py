@@ -191,11 +191,6 @@ class MetricDetail(MetricSummary):
     recent_values: list[float]
 
 
-class Health(Strict):
-    status: str
-    checks: dict[str, bool] = Field(default_factory=dict)
-
-
 class ErrorDetail(BaseModel):
     code: str
     message: str

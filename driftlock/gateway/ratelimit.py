@@ -55,7 +55,6 @@ class RateLimiter:
     def __init__(self, plans: dict[str, Plan]) -> None:
         self._plans = plans
         self._buckets: dict[str, TokenBucket] = {}
-        self.limited = 0
 
     def plan(self, name: str) -> Plan:
         return self._plans.get(name) or self._plans["standard"]
@@ -84,7 +83,6 @@ class RateLimiter:
     def _raise_if_waiting(self, wait: float, what: str) -> None:
         if wait <= 0:
             return
-        self.limited += 1
         if math.isinf(wait):
             raise ApiError(
                 429, "rate_limited", f"request exceeds the plan's {what} burst; split it"

@@ -2,14 +2,13 @@
 drives authentication, authorisation, rate limiting, validation and the OpenAPI document."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from driftlock.gateway.errors import ApiError, invalid
 from driftlock.gateway.roles import Permission
@@ -58,15 +57,8 @@ class Endpoint:
     status: int = 200
     parse_body: bool = True
     """False: the handler reads the body itself (ingest takes several formats)."""
-    responses: dict[int, str] = field(default_factory=dict)
 
-    def route(self, gateway: "Gateway") -> Route:
-        async def endpoint(request: Request) -> Response:
-            return await self._serve(gateway, request)
-
-        return Route(self.path, endpoint, methods=[self.method], name=f"{self.method} {self.path}")
-
-    async def _serve(self, gateway: "Gateway", request: Request) -> Response:
+    async def serve(self, gateway: "Gateway", request: Request) -> Response:
         principal = None
         if self.permission is not None:
             try:

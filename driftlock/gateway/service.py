@@ -1,7 +1,6 @@
 """The gateway's shared state: NATS, the control plane, rate limits, metrics, tracing."""
 
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -65,7 +64,6 @@ class Gateway:
     tracer: trace.Tracer = field(
         default_factory=lambda: TracerProvider().get_tracer("driftlock.gateway")
     )
-    started: float = field(default_factory=time.time)
     usage_requests: Counter[str] = field(default_factory=Counter)
     usage_points: Counter[str] = field(default_factory=Counter)
 
