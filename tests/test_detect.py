@@ -213,7 +213,8 @@ def test_isolated_spike_and_dip(offset: float, kind: AnomalyKind) -> None:
     _, found = detector.detect(state, x[500:], ts[500:])
     assert list(found.anomalies) == [0]
     assert found.kinds == [kind]
-    assert found.detectors == [["robust_level"]]
+    # The learned shape model corroborates: a step pair like this is no shape it learned.
+    assert found.detectors == [["robust_level", "learned_shape"]]
     assert found.score[0] > 0.99 > threshold
     assert not found.lower[0] <= x[500] <= found.upper[0]
     # The band is around the level and the next points are normal again.
@@ -438,7 +439,13 @@ def test_cusum_is_stored_in_integer_fixed_point() -> None:
 
 
 def test_detector_names() -> None:
-    assert DETECTORS == ("robust_level", "seasonal_profile", "change_point", "volatility")
+    assert DETECTORS == (
+        "robust_level",
+        "seasonal_profile",
+        "change_point",
+        "volatility",
+        "learned_shape",
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ MIN_TAIL = 3.0
 """The reference is never above the MIN_TAIL-th largest raw score: in a young stream, the
 99.9th percentile would be its largest score so far, and two spikes would teach it that
 spikes are normal."""
+TOP_BIN = HIGHEST_OCTAVE - 1.0 / BINS_PER_OCTAVE
+"""A reference in the top bin is the ceiling itself: a capped raw score, all that a stream
+that often scores beyond the ceiling shows, is then never surprising."""
 CEILING = float(2**HIGHEST_OCTAVE)
 """Raw scores are capped here: beyond it, all that matters is that it is very large."""
 
@@ -77,6 +80,7 @@ class Calibrator:
                     hist //= 2
                 refs = self._references(hist)
             a = b
+        ref_octaves[ref_octaves >= TOP_BIN] = HIGHEST_OCTAVE
         surprise = np.maximum(0.0, octaves - ref_octaves) * np.log10(2.0)
         surprise[~learn] = 0.0
         return surprise, np.exp2(ref_octaves), hist.tobytes(), refs.tobytes()

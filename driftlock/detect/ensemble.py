@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from driftlock.detect.calibrate import Calibrator
 from driftlock.detect.config import DetectorConfig
+from driftlock.detect.learned import learned_scores
 from driftlock.detect.robust import RobustScores, robust_scores
 from driftlock.detect.rolling import FloatArray, before_each_point, extend, rolling_max
 from driftlock.detect.rules import RuleFlags, check_rules
@@ -38,13 +39,13 @@ from driftlock.wire.messages import AnomalyKind
 
 IntArray = npt.NDArray[np.intp]
 
-LEVEL, SEASONAL, CHANGE, VOLATILITY = range(4)
-DETECTORS = ("robust_level", "seasonal_profile", "change_point", "volatility")
-FLOORS = np.array([4.5, 1.0, 6.0, 1.8])
+LEVEL, SEASONAL, CHANGE, VOLATILITY, SHAPE = range(5)
+DETECTORS = ("robust_level", "seasonal_profile", "change_point", "volatility", "learned_shape")
+FLOORS = np.array([4.5, 1.0, 6.0, 1.8, 3.0])
 """Raw scores a detector never finds surprising, however quiet the stream: about what iid noise
 reaches once in 100,000 points (robust sigmas; envelope widths outside; robust sigmas of
 CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change)."""
-PRIORS = np.array([6.0, 5.0, 8.0, 2.1])
+PRIORS = np.array([6.0, 5.0, 8.0, 2.1, 4.0])
 """References until a detector has MIN_HISTORY raw scores on the stream."""
 RULE_SURPRISE = 1.0
 SCORE_HALF = 0.0005
@@ -101,14 +102,21 @@ class Detector:
         # What the seasonal profile explains is no deviation for the change-point detector.
         counted = scored & ~(seasonal == 0.0)
         robust, robust_fields = robust_scores(state, values, cfg.window, counted)
+        shape, centroids = learned_scores(
+            state, extend(floats(state.values), values), n, robust.scale
+        )
         raw = np.empty((len(DETECTORS), n))
-        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY] = (
+        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY], raw[SHAPE] = (
             robust.level,
             seasonal,
             robust.shift,
             robust.volatility,
+            shape,
         )
         surprise, refs, hist, last_refs = self._calibrator.surprise(state, raw, scored)
+        # The learned model corroborates: alone, its 256-point memory is shorter than a day,
+        # and a daily shape it has not seen would be an alert every day.
+        surprise[SHAPE] = np.where(surprise[:SHAPE].any(axis=0), surprise[SHAPE], 0.0)
 
         fired = rules.missing | rules.flat
         combined = np.where(
@@ -143,6 +151,7 @@ class Detector:
             hist=hist,
             refs=last_refs,
             surprise=tail(series, cfg.refractory),
+            centroids=centroids,
             **robust_fields,
             **rule_fields,
             **season_fields,

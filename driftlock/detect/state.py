@@ -56,6 +56,9 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """Each detector's calibration reference: the configured quantile of its raw scores."""
     surprise: bytes = b""
     """Combined surprise of the last `refractory` points."""
+    centroids: bytes = b""
+    """The learned shape model: k-means centroids of short difference vectors, then its
+    distance unit (empty until trained)."""
 
 
 def floats(data: bytes) -> FloatArray:

@@ -1,0 +1,87 @@
+"""`learned_shape`: a small k-means model of the stream's short-term shape, as Netdata runs per
+metric. Each point is described by its last DIMS differences (x_t - x_{t-1}, …); the model is
+CLUSTERS centroids of those vectors, and the raw score is a point's distance to the nearest
+centroid in units of the median distance of the training vectors to theirs. It sees shapes
+the order statistics do not: a sudden oscillation, a step pattern the stream never makes.
+
+Online and deterministic: the model is retrained every EPOCH points, at absolute stream
+positions, on the vectors of the TRAIN points before the boundary, with a fixed number of
+Lloyd iterations from a deterministic start (vectors at evenly spaced ranks of their norm), so
+a point is always scored by the same model however the stream was batched. Until MIN_TRAIN
+vectors exist (the warm-up) it has no say (NaN).
+"""
+
+import numpy as np
+
+from driftlock.detect.calibrate import EPOCH
+from driftlock.detect.rolling import FloatArray
+from driftlock.detect.state import DetectorState, floats
+
+DIMS = 6
+CLUSTERS = 4
+TRAIN = 256
+MIN_TRAIN = 64
+ITERATIONS = 6
+SCALE_FLOOR = 0.1
+"""The distance unit is never below this fraction of the robust scale of the values: a stream
+whose steps were all alike does not make its first different step a thousand-unit event."""
+_TINY = 1e-12
+
+
+def learned_scores(
+    state: DetectorState, series: FloatArray, n: int, scale: FloatArray
+) -> tuple[FloatArray, bytes]:
+    """Raw scores for the last n entries of `series` (history + batch), given each point's
+    robust scale; returns them and the model to store (centroids, then the distance unit)."""
+    model = floats(state.centroids)
+    steps = np.diff(series)
+    if len(steps) < DIMS:
+        return np.full(n, np.nan), state.centroids
+    vectors = np.lib.stride_tricks.sliding_window_view(steps, DIMS)
+    # Vector r ends at series entry r + DIMS; the batch's point j is entry len(series) - n + j.
+    first_row = len(series) - n - DIMS
+    raw = np.full(n, np.nan)
+    first = (-state.count) % EPOCH or EPOCH
+    a = 0
+    for b in [*range(first, n, EPOCH), n]:
+        if len(model):
+            rows = np.arange(first_row + a, first_row + b)
+            ok = rows >= 0
+            raw[a:b][ok] = _distance(model, vectors[rows[ok]], scale[a:b][ok])
+        if b < n or (state.count + n) % EPOCH == 0:
+            # The boundary point b is entry len(series) - n + b: train on the vectors before it.
+            end = first_row + b
+            if end >= MIN_TRAIN:
+                model = _train(vectors[max(0, end - TRAIN) : end])
+        a = b
+    return raw, model.tobytes()
+
+
+def _distance(model: FloatArray, x: FloatArray, scale: FloatArray) -> FloatArray:
+    centroids, unit = model[:-1].reshape(CLUSTERS, DIMS), model[-1]
+    nearest = _nearest(centroids, x)
+    result: FloatArray = nearest / np.maximum(unit, SCALE_FLOOR * scale)
+    return result
+
+
+def _nearest(centroids: FloatArray, x: FloatArray) -> FloatArray:
+    d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    result: FloatArray = np.sqrt(d.min(axis=1))
+    return result
+
+
+def _train(x: FloatArray) -> FloatArray:
+    """Lloyd's k-means from the vectors at evenly spaced ranks of their norm; a centroid that
+    loses all its vectors keeps its place. Returns the centroids and the median distance."""
+    order = np.argsort(np.einsum("ij,ij->i", x, x), kind="stable")
+    picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
+    centroids = x[picks].copy()
+    for _ in range(ITERATIONS):
+        d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+        label = d.argmin(axis=1)
+        for k in range(CLUSTERS):
+            members = x[label == k]
+            if len(members):
+                centroids[k] = members.mean(axis=0)
+    unit = float(np.median(_nearest(centroids, x)))
+    return np.append(centroids.ravel(), max(unit, _TINY))

@@ -1,0 +1,80 @@
+"""The learned shape model (k-means on short difference vectors): warm-up, training only at
+epoch boundaries on earlier points, determinism, and what it sees that order statistics miss."""
+
+import numpy as np
+import numpy.typing as npt
+
+from driftlock.detect import Detector, DetectorState
+from driftlock.detect.calibrate import EPOCH
+from driftlock.detect.learned import CLUSTERS, DIMS, MIN_TRAIN, learned_scores
+from driftlock.detect.state import floats
+
+T0 = 1_400_025_600.0
+FloatArray = npt.NDArray[np.float64]
+
+
+def _scores(series: FloatArray, sizes: list[int]) -> tuple[FloatArray, bytes]:
+    state = DetectorState()
+    out = []
+    offset = 0
+    for size in sizes:
+        part = series[offset : offset + size]
+        history = floats(state.values)
+        raw, model = learned_scores(state, np.concatenate((history, part)), size, np.ones(size))
+        out.append(raw)
+        # The ensemble keeps the last values; here the whole past is history.
+        state = DetectorState(
+            count=state.count + size,
+            values=np.concatenate((history, part))[-300:].tobytes(),
+            centroids=model,
+        )
+        offset += size
+    return np.concatenate(out), state.centroids
+
+
+def test_no_say_before_training_then_a_model_of_fixed_size() -> None:
+    x = np.random.default_rng(1).normal(0.0, 1.0, 400)
+    raw, model = _scores(x, [400])
+    # The first model is trained at the first epoch boundary with MIN_TRAIN vectors behind it.
+    first = next(b for b in range(EPOCH, 400, EPOCH) if b - DIMS >= MIN_TRAIN)
+    assert np.all(np.isnan(raw[:first]))
+    assert np.all(np.isfinite(raw[first:]))
+    assert len(model) == 8 * (CLUSTERS * DIMS + 1)
+
+
+def test_same_scores_and_model_however_batched() -> None:
+    x = np.random.default_rng(2).normal(0.0, 1.0, 1000)
+    whole, model = _scores(x, [1000])
+    cut, cut_model = _scores(x, [1, 127, 200, 3, 300, 369])
+    assert whole.tobytes() == cut.tobytes()
+    assert model == cut_model
+
+
+def test_a_new_shape_inside_the_normal_range_scores_high() -> None:
+    rng = np.random.default_rng(3)
+    x = np.sin(np.arange(1200) / 20.0) * 10 + rng.normal(0.0, 0.1, 1200)
+    x[1100:1106] = x[1100] + np.array([3.0, -3.0, 3.0, -3.0, 3.0, -3.0])  # a rattle
+    raw, _ = _scores(x, [1200])
+    assert np.nanmax(raw[1100:1106]) > 10 * np.nanmedian(raw[900:1100])
+
+
+def test_scores_use_only_earlier_points() -> None:
+    """The whole ensemble is online: changing the future never changes a past score."""
+    rng = np.random.default_rng(4)
+    ts = T0 + 60.0 * np.arange(2000, dtype=np.float64)
+    a = rng.normal(50.0, 1.0, 2000)
+    b = a.copy()
+    b[1500:] += rng.normal(0.0, 30.0, 500)
+    detector = Detector()
+    _, first = detector.detect(DetectorState(), a, ts)
+    _, second = detector.detect(DetectorState(), b, ts)
+    assert first.score[:1500].tobytes() == second.score[:1500].tobytes()
+    assert first.score[1500:].tobytes() != second.score[1500:].tobytes()
+
+
+def test_deterministic_across_runs() -> None:
+    x = np.random.default_rng(5).normal(0.0, 1.0, 900)
+    raw, model = _scores(x, [900])
+    again, again_model = _scores(x.copy(), [900])
+    assert raw.tobytes() == again.tobytes()
+    assert model == again_model
