@@ -9,9 +9,11 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect import Detector
+from driftlock.detect import Detections, Detector
+from driftlock.detect.custom_rules import RuleHit
+from driftlock.detect.custom_rules import evaluate as evaluate_rules
 from driftlock.state.records import ActorRecord, encode
-from driftlock.wire.messages import Anomaly, anomaly_id
+from driftlock.wire.messages import Anomaly, AnomalyKind, anomaly_id
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -33,18 +35,63 @@ class StreamActor:
         seqs: IntArray,
         indexes: IntArray,
     ) -> list[Anomaly]:
-        """Apply points in stream order; returns the anomalies among them."""
+        """Apply points in stream order; returns the anomalies among them: the detectors'
+        and the tenant's custom rules' (at the tenant's sensitivity for this metric)."""
         record = self.record
-        record.detector, found = detector.detect(record.detector, values, ts)
+        tuning = detector.tuning_for(self.tenant, self.metric)
+        before = (record.last_ts, record.last_value) if record.points else (None, None)
+        record.detector, found = detector.detect(record.detector, values, ts, tuning.sensitivity)
+        hits = evaluate_rules(tuning.rules, ts, values, *before)
         if record.points == 0:
             record.first_ts = float(ts[0])
         record.points += len(values)
         record.last_ts, record.last_value = float(ts[-1]), float(values[-1])
-        record.anomalies += len(found.anomalies)
+        record.anomalies += len(found.anomalies) + len(hits)
         self.last_active = time.monotonic()
-        if not len(found.anomalies):
+        if not len(found.anomalies) and not hits:
             return []
         now = time.time()
+        return self._detected(found, ts, values, seqs, indexes, now) + [
+            self._rule_anomaly(hit, ts, values, seqs, indexes, now) for hit in hits
+        ]
+
+    def _rule_anomaly(
+        self,
+        hit: RuleHit,
+        ts: FloatArray,
+        values: FloatArray,
+        seqs: IntArray,
+        indexes: IntArray,
+        now: float,
+    ) -> Anomaly:
+        j = hit.point
+        seq, index = int(seqs[j]), int(indexes[j])
+        return Anomaly(
+            # A rule may fire on a point a detector flags too: its own id, so neither is
+            # dropped as the other's duplicate.
+            id=f"{anomaly_id(self.tenant, self.metric, seq, index)}.rule{hit.rule}",
+            tenant=self.tenant,
+            metric=self.metric,
+            ts=float(ts[j]),
+            value=float(values[j]),
+            score=1.0,
+            expected=hit.expected,
+            kind=AnomalyKind.RULE,
+            detectors=[hit.label],
+            seq=seq,
+            index=index,
+            detected_at=now,
+        )
+
+    def _detected(
+        self,
+        found: Detections,
+        ts: FloatArray,
+        values: FloatArray,
+        seqs: IntArray,
+        indexes: IntArray,
+        now: float,
+    ) -> list[Anomaly]:
         return [
             Anomaly(
                 id=anomaly_id(self.tenant, self.metric, int(seqs[j]), int(indexes[j])),

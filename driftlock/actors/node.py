@@ -14,6 +14,7 @@ from driftlock.actors.metrics import NodeMetrics
 from driftlock.actors.partition import PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
 from driftlock.actors.supervisor import Supervisor
+from driftlock.actors.tuning_watch import TuningWatch
 from driftlock.bus.connection import connect
 from driftlock.bus.probe import verify_partition_mapping
 from driftlock.bus.streams import StreamLimits, ensure_streams
@@ -36,6 +37,7 @@ class Node:
     _guard: SubjectGuard | None = None
     _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
+    _tuning: TuningWatch | None = None
 
     @property
     def store(self) -> StateStore:
@@ -72,7 +74,8 @@ class Node:
         self._store = store = StateStore(
             s.data_dir / "state", map_size=s.lmdb_map_size, sync=s.lmdb_sync
         )
-        detector = Detector(s.detector)
+        self._tuning = await TuningWatch.start(js, s.prefix)
+        detector = Detector(s.detector, tuning=self._tuning.for_stream)
         config = WorkerConfig(
             partitions=s.partitions,
             pull_batch=s.pull_batch,
@@ -123,6 +126,8 @@ class Node:
         self.metrics_port = server.server_port
 
     async def shutdown(self) -> None:
+        if self._tuning is not None:
+            await self._tuning.stop()
         if self._queries is not None:
             await self._queries.stop()
         if self._guard is not None:

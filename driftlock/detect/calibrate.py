@@ -46,13 +46,18 @@ class Calibrator:
         self.detectors = len(floors)
 
     def surprise(
-        self, state: DetectorState, raw: FloatArray, scored: npt.NDArray[np.bool_]
+        self,
+        state: DetectorState,
+        raw: FloatArray,
+        scored: npt.NDArray[np.bool_],
+        shift: float = 0.0,
     ) -> tuple[FloatArray, FloatArray, bytes, bytes]:
         """Surprise [detector, point] for a batch of raw scores [detector, point] (NaN where a
         detector has nothing to say, e.g. the seasonal profile before its first day), and the
         reference each point was measured against; `scored` marks the points past the warm-up.
-        Only scored points a detector had a say on are learned from. Also returns the
-        histogram and references to store."""
+        Only scored points a detector had a say on are learned from; `shift` lowers every
+        reference by that many octaves (the sensitivity). Also returns the histogram and
+        references to store."""
         f, n = raw.shape
         with np.errstate(divide="ignore"):
             octaves = np.log2(np.minimum(raw, CEILING))
@@ -80,8 +85,10 @@ class Calibrator:
                     hist //= 2
                 refs = self._references(hist)
             a = b
-        ref_octaves[ref_octaves >= TOP_BIN] = HIGHEST_OCTAVE
-        surprise = np.maximum(0.0, octaves - ref_octaves) * np.log10(2.0)
+        ceiling = ref_octaves >= TOP_BIN
+        ref_octaves[ceiling] = HIGHEST_OCTAVE
+        surprise = np.maximum(0.0, octaves - ref_octaves + shift) * np.log10(2.0)
+        surprise[ceiling] = 0.0
         surprise[~learn] = 0.0
         return surprise, np.exp2(ref_octaves), hist.tobytes(), refs.tobytes()
 

@@ -21,6 +21,7 @@ statistics, integer counts and sums, and per-day extremes: results are bit-ident
 the stream is batched.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
@@ -35,9 +36,17 @@ from driftlock.detect.rolling import FloatArray, before_each_point, extend, roll
 from driftlock.detect.rules import RuleFlags, check_rules
 from driftlock.detect.seasonal import seasonal_scores
 from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.detect.tuning import (
+    DEFAULT_SENSITIVITY,
+    DEFAULT_TUNING,
+    StreamTuning,
+    reference_shift,
+)
 from driftlock.wire.messages import AnomalyKind
 
 IntArray = npt.NDArray[np.intp]
+TuningSource = Callable[[str, str], StreamTuning]
+"""(tenant, metric) → the stream's tuning: an in-memory lookup, never I/O."""
 
 LEVEL, SEASONAL, CHANGE, VOLATILITY, SHAPE = range(5)
 DETECTORS = ("robust_level", "seasonal_profile", "change_point", "volatility", "learned_shape")
@@ -72,15 +81,27 @@ class Detections(NamedTuple):
 class Detector:
     name = "driftlock"
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(
+        self, config: DetectorConfig | None = None, tuning: TuningSource | None = None
+    ) -> None:
         self.config = config or DetectorConfig()
         self._calibrator = Calibrator(self.config.quantile, FLOORS, PRIORS)
+        self._tuning = tuning
+
+    def tuning_for(self, tenant: str, metric: str) -> StreamTuning:
+        """The stream's sensitivity and custom rules (the defaults without a source)."""
+        return DEFAULT_TUNING if self._tuning is None else self._tuning(tenant, metric)
 
     def detect(
-        self, state: DetectorState, values: FloatArray, ts: FloatArray | None = None
+        self,
+        state: DetectorState,
+        values: FloatArray,
+        ts: FloatArray | None = None,
+        sensitivity: float = DEFAULT_SENSITIVITY,
     ) -> tuple[DetectorState, Detections]:
         """Score a batch of points in stream order; `ts` (epoch seconds) drives the seasonal
-        profile and the missing-data check, which are off without it."""
+        profile and the missing-data check, which are off without it. `sensitivity` in [0, 1]
+        (see `driftlock.detect.tuning`)."""
         cfg = self.config
         values = np.asarray(values, dtype=np.float64)
         n = len(values)
@@ -113,7 +134,9 @@ class Detector:
             robust.volatility,
             shape,
         )
-        surprise, refs, hist, last_refs = self._calibrator.surprise(state, raw, scored)
+        surprise, refs, hist, last_refs = self._calibrator.surprise(
+            state, raw, scored, reference_shift(sensitivity)
+        )
         # The learned model corroborates: alone, its 256-point memory is shorter than a day,
         # and a daily shape it has not seen would be an alert every day.
         surprise[SHAPE] = np.where(surprise[:SHAPE].any(axis=0), surprise[SHAPE], 0.0)

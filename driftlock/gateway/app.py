@@ -18,7 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftlock import __version__
 from driftlock.bus.connection import connect
-from driftlock.gateway import admin_api, anomalies_api, auth_api, ingest_api, metrics_api
+from driftlock.gateway import (
+    admin_api,
+    anomalies_api,
+    auth_api,
+    detection_api,
+    ingest_api,
+    metrics_api,
+)
 from driftlock.gateway.control import ControlPlane
 from driftlock.gateway.errors import (
     ApiError,
@@ -39,6 +46,7 @@ ENDPOINTS: list[Endpoint] = [
     *ingest_api.ENDPOINTS,
     *metrics_api.ENDPOINTS,
     *anomalies_api.ENDPOINTS,
+    *detection_api.ENDPOINTS,
 ]
 
 

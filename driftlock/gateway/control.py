@@ -11,6 +11,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from driftlock.detect.tuning import BUCKET as DETECTION_BUCKET
+from driftlock.detect.tuning import DetectionConfig
 from driftlock.gateway.kvcache import KvCache
 from driftlock.gateway.roles import Role
 
@@ -68,6 +70,7 @@ class ControlPlane:
         self.users: KvCache[UserRecord]
         self.api_keys: KvCache[ApiKeyRecord]
         self.revoked: KvCache[Revoked]
+        self.detection: KvCache[DetectionConfig]
         self.refresh: KeyValue
         self.config: KeyValue
         self.signing_key = ""
@@ -81,6 +84,7 @@ class ControlPlane:
         self.api_keys = KvCache(await self._bucket("apikeys"), ApiKeyRecord)
         # Revocations only need to outlive the access tokens they revoke.
         self.revoked = KvCache(await self._bucket("revoked", ttl=self._access_ttl_s + 60), Revoked)
+        self.detection = KvCache(await self._bucket(DETECTION_BUCKET), DetectionConfig)
         self.refresh = await self._bucket("refresh")
         self.config = await self._bucket("config")
         for cache in self.caches:
@@ -89,7 +93,7 @@ class ControlPlane:
 
     @property
     def caches(self) -> list[KvCache[Any]]:
-        return [self.tenants, self.users, self.api_keys, self.revoked]
+        return [self.tenants, self.users, self.api_keys, self.revoked, self.detection]
 
     async def restart_watches(self) -> None:
         for cache in self.caches:

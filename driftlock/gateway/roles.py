@@ -17,6 +17,8 @@ class Permission(StrEnum):
     MANAGE_KEYS = "manage_keys"
     MANAGE_USERS = "manage_users"
     MANAGE_TENANT = "manage_tenant"
+    CONFIGURE_DETECTION = "configure_detection"
+    """Sensitivity and custom rules (owners and admins)."""
     SELF = "self"
     """Any authenticated principal: who am I, log out."""
 
