@@ -5,8 +5,7 @@ import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect import Detector, DetectorState
-from driftlock.detect.calibrate import EPOCH
-from driftlock.detect.learned import CLUSTERS, DIMS, MIN_TRAIN, learned_scores
+from driftlock.detect.learned import CLUSTERS, DIMS, MIN_TRAIN, RETRAIN, learned_scores
 from driftlock.detect.state import floats
 
 T0 = 1_400_025_600.0
@@ -33,10 +32,10 @@ def _scores(series: FloatArray, sizes: list[int]) -> tuple[FloatArray, bytes]:
 
 
 def test_no_say_before_training_then_a_model_of_fixed_size() -> None:
-    x = np.random.default_rng(1).normal(0.0, 1.0, 400)
-    raw, model = _scores(x, [400])
-    # The first model is trained at the first epoch boundary with MIN_TRAIN vectors behind it.
-    first = next(b for b in range(EPOCH, 400, EPOCH) if b - DIMS >= MIN_TRAIN)
+    x = np.random.default_rng(1).normal(0.0, 1.0, 1200)
+    raw, model = _scores(x, [1200])
+    # The first model is trained at the first boundary with MIN_TRAIN vectors behind it.
+    first = next(b for b in range(RETRAIN, 1200, RETRAIN) if b - DIMS >= MIN_TRAIN)
     assert np.all(np.isnan(raw[:first]))
     assert np.all(np.isfinite(raw[first:]))
     assert len(model) == 8 * (CLUSTERS * DIMS + 1)

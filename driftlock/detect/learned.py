@@ -4,7 +4,7 @@ CLUSTERS centroids of those vectors, and the raw score is a point's distance to 
 centroid in units of the median distance of the training vectors to theirs. It sees shapes
 the order statistics do not: a sudden oscillation, a step pattern the stream never makes.
 
-Online and deterministic: the model is retrained every EPOCH points, at absolute stream
+Online and deterministic: the model is retrained every RETRAIN points, at absolute stream
 positions, on the vectors of the TRAIN points before the boundary, with a fixed number of
 Lloyd iterations from a deterministic start (vectors at evenly spaced ranks of their norm), so
 a point is always scored by the same model however the stream was batched. Until MIN_TRAIN
@@ -13,7 +13,6 @@ vectors exist (the warm-up) it has no say (NaN).
 
 import numpy as np
 
-from driftlock.detect.calibrate import EPOCH
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, floats
 
@@ -22,10 +21,14 @@ CLUSTERS = 4
 TRAIN = 256
 MIN_TRAIN = 64
 ITERATIONS = 6
+RETRAIN = 512
+"""Points between retrainings: the short-term shape changes slowly, and training is the
+model's whole cost."""
 SCALE_FLOOR = 0.1
 """The distance unit is never below this fraction of the robust scale of the values: a stream
 whose steps were all alike does not make its first different step a thousand-unit event."""
 _TINY = 1e-12
+_CLUSTER_IDS = np.arange(CLUSTERS)[None, :]
 
 
 def learned_scores(
@@ -41,14 +44,14 @@ def learned_scores(
     # Vector r ends at series entry r + DIMS; the batch's point j is entry len(series) - n + j.
     first_row = len(series) - n - DIMS
     raw = np.full(n, np.nan)
-    first = (-state.count) % EPOCH or EPOCH
+    first = (-state.count) % RETRAIN or RETRAIN
     a = 0
-    for b in [*range(first, n, EPOCH), n]:
+    for b in [*range(first, n, RETRAIN), n]:
         if len(model):
             rows = np.arange(first_row + a, first_row + b)
             ok = rows >= 0
             raw[a:b][ok] = _distance(model, vectors[rows[ok]], scale[a:b][ok])
-        if b < n or (state.count + n) % EPOCH == 0:
+        if b < n or (state.count + n) % RETRAIN == 0:
             # The boundary point b is entry len(series) - n + b: train on the vectors before it.
             end = first_row + b
             if end >= MIN_TRAIN:
@@ -64,9 +67,18 @@ def _distance(model: FloatArray, x: FloatArray, scale: FloatArray) -> FloatArray
     return result
 
 
+def _squared(centroids: FloatArray, x: FloatArray) -> FloatArray:
+    """Squared distances [vector, centroid], as |x|² - 2 x·c + |c|² (one matrix product)."""
+    d: FloatArray = (
+        np.einsum("ij,ij->i", x, x)[:, None]
+        - 2.0 * (x @ centroids.T)
+        + np.einsum("ij,ij->i", centroids, centroids)[None, :]
+    )
+    return np.maximum(d, 0.0, out=d)
+
+
 def _nearest(centroids: FloatArray, x: FloatArray) -> FloatArray:
-    d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-    result: FloatArray = np.sqrt(d.min(axis=1))
+    result: FloatArray = np.sqrt(_squared(centroids, x).min(axis=1))
     return result
 
 
@@ -77,11 +89,10 @@ def _train(x: FloatArray) -> FloatArray:
     picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
     centroids = x[picks].copy()
     for _ in range(ITERATIONS):
-        d = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-        label = d.argmin(axis=1)
-        for k in range(CLUSTERS):
-            members = x[label == k]
-            if len(members):
-                centroids[k] = members.mean(axis=0)
+        d = _squared(centroids, x)
+        member = (d.argmin(axis=1)[:, None] == _CLUSTER_IDS).astype(np.float64)
+        counts = member.sum(axis=0)
+        kept = counts > 0
+        centroids[kept] = (member.T @ x)[kept] / counts[kept, None]
     unit = float(np.median(_nearest(centroids, x)))
     return np.append(centroids.ravel(), max(unit, _TINY))
