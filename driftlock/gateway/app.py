@@ -17,14 +17,18 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftlock import __version__
+from driftlock.alerting.store import AlertingStore
 from driftlock.bus.connection import connect
 from driftlock.gateway import (
     admin_api,
+    alerting_api,
     anomalies_api,
     auth_api,
     detection_api,
+    incidents_api,
     ingest_api,
     metrics_api,
+    suppression_api,
 )
 from driftlock.gateway.control import ControlPlane
 from driftlock.gateway.errors import (
@@ -45,8 +49,11 @@ ENDPOINTS: list[Endpoint] = [
     *admin_api.ENDPOINTS,
     *ingest_api.ENDPOINTS,
     *metrics_api.ENDPOINTS,
-    *anomalies_api.ENDPOINTS,
     *detection_api.ENDPOINTS,
+    *anomalies_api.ENDPOINTS,
+    *alerting_api.ENDPOINTS,
+    *suppression_api.ENDPOINTS,
+    *incidents_api.ENDPOINTS,
 ]
 
 
@@ -109,17 +116,26 @@ class GatewayApp:
         js = nc.jetstream()
         control = ControlPlane(js, s.prefix, s.access_token_ttl_s)
         await control.start()
+        alerting = AlertingStore(js, s.prefix)
+        await alerting.start()
         self.gateway = Gateway(
-            settings=s, nc=nc, js=js, control=control, limiter=RateLimiter(DEFAULT_PLANS)
+            settings=s,
+            nc=nc,
+            js=js,
+            control=control,
+            limiter=RateLimiter(DEFAULT_PLANS),
+            alerting=alerting,
         )
 
         async def on_reconnect() -> None:
             await control.restart_watches()
+            await alerting.restart_watches()
 
         nc._reconnected_cb = _chain(nc._reconnected_cb, on_reconnect)  # nats-py has one slot
         try:
             yield
         finally:
+            await alerting.stop()
             await control.stop()
             await nc.drain()
 

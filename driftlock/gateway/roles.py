@@ -19,6 +19,9 @@ class Permission(StrEnum):
     MANAGE_TENANT = "manage_tenant"
     CONFIGURE_DETECTION = "configure_detection"
     """Sensitivity and custom rules (owners and admins)."""
+    MANAGE_ALERTING = "manage_alerting"
+    """Channels, routes, escalation policies, silences, maintenance windows, inhibitions."""
+    ACK_INCIDENTS = "ack_incidents"
     SELF = "self"
     """Any authenticated principal: who am I, log out."""
 
@@ -26,7 +29,15 @@ class Permission(StrEnum):
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OWNER: frozenset(Permission),
     Role.ADMIN: frozenset(Permission) - {Permission.MANAGE_TENANT},
-    Role.EDITOR: frozenset({Permission.INGEST, Permission.READ, Permission.SELF}),
+    Role.EDITOR: frozenset(
+        {
+            Permission.INGEST,
+            Permission.READ,
+            Permission.SELF,
+            Permission.MANAGE_ALERTING,
+            Permission.ACK_INCIDENTS,
+        }
+    ),
     Role.VIEWER: frozenset({Permission.READ, Permission.SELF}),
     Role.INGEST: frozenset({Permission.INGEST, Permission.SELF}),
 }

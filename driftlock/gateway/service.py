@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 
+from driftlock.alerting.store import AlertingStore
 from driftlock.bus.subjects import Subjects
 from driftlock.gateway.control import ControlPlane
 from driftlock.gateway.errors import unauthorized
@@ -60,6 +61,7 @@ class Gateway:
     js: JetStreamContext
     control: ControlPlane
     limiter: RateLimiter
+    alerting: AlertingStore | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     tracer: trace.Tracer = field(
         default_factory=lambda: TracerProvider().get_tracer("driftlock.gateway")

@@ -1,0 +1,62 @@
+"""One evaluation pass at time `now`: what suppresses an incident (silences, maintenance
+windows, inhibitions) and its escalation steps, from the watched configuration, indexed by
+tenant once per pass."""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TypeVar
+
+import msgspec
+
+from driftlock.alerting.config import EscalationStep
+from driftlock.alerting.incident import Incident
+from driftlock.alerting.lifecycle import advance
+from driftlock.alerting.store import AlertingStore
+from driftlock.alerting.suppress import inhibited_by, maintenance_by, silenced_by
+from driftlock.gateway.kvcache import KvCache
+
+T = TypeVar("T")
+
+_codec = msgspec.json.Decoder(Incident)
+_encoder = msgspec.json.Encoder()
+
+
+def _by_tenant(cache: KvCache[T]) -> dict[str, list[T]]:
+    index: dict[str, list[T]] = defaultdict(list)
+    for key, value in cache.items():
+        index[key.split(".", 1)[0]].append(value)
+    return index
+
+
+class Evaluator:
+    def __init__(self, store: AlertingStore, now: float) -> None:
+        self.store, self.now = store, now
+        self._silences = _by_tenant(store.silences)
+        self._windows = _by_tenant(store.windows)
+        self._inhibitions = _by_tenant(store.inhibitions)
+        self._incidents: dict[str, list[Incident]] | None = None
+
+    def suppressed(self, inc: Incident) -> str | None:
+        t = inc.tenant
+        reason = silenced_by(inc, self._silences.get(t, ()), self.now) or maintenance_by(
+            inc, self._windows.get(t, ()), self.now
+        )
+        if reason is None and self._inhibitions.get(t):
+            if self._incidents is None:
+                self._incidents = _by_tenant(self.store.incidents)
+            reason = inhibited_by(inc, self._inhibitions[t], self._incidents.get(t, ()))
+        return reason
+
+    def steps(self, inc: Incident) -> Sequence[EscalationStep]:
+        if inc.route.policy is None:
+            return ()
+        policy = self.store.policies.get(f"{inc.tenant}.{inc.route.policy}")
+        return policy.steps if policy is not None else ()
+
+    def apply(self, inc: Incident) -> bool:
+        return advance(inc, self.now, self.suppressed(inc), self.steps(inc))
+
+    def changes(self, inc: Incident) -> bool:
+        """Whether `apply` would change the incident, without touching it (the cached copy
+        must stay what KV holds)."""
+        return self.apply(_codec.decode(_encoder.encode(inc)))

@@ -1,0 +1,356 @@
+"""The alerter: a durable pull consumer on DL_ANOMALIES shared by every alerting worker
+(each batch goes to one of them), and a tick that moves incidents on and delivers their
+changes. Workers coordinate only through KV compare-and-set, so any number can run."""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import httpx
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import start_http_server
+
+from driftlock.alerting.config import Defaults, RouteSettings
+from driftlock.alerting.delivery import Deliverer, DeliveryConfig
+from driftlock.alerting.evaluate import Evaluator
+from driftlock.alerting.incident import Incident, Status, add_anomalies
+from driftlock.alerting.lifecycle import advance
+from driftlock.alerting.matching import (
+    anomaly_labels,
+    default_routing,
+    group_of,
+    incident_key,
+    resolve_routes,
+)
+from driftlock.alerting.metrics import AlertMetrics
+from driftlock.alerting.store import AlertingStore, tenant_values
+from driftlock.bus.connection import connect
+from driftlock.bus.subjects import Subjects
+from driftlock.ids import is_valid_tenant
+from driftlock.wire.messages import Anomaly
+
+log = logging.getLogger("driftlock.alerting")
+
+DURABLE = "ALERTER"
+Batch = list[tuple[Anomaly, dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class AlerterConfig:
+    nats_url: str
+    prefix: str = "dl"
+    worker: str = field(default_factory=lambda: f"alerter-{uuid.uuid4().hex[:8]}")
+    tick_s: float = 1.0
+    fetch_batch: int = 256
+    max_sends: int = 32
+    attempts: int = 5
+    backoff_s: float = 1.0
+    send_timeout_s: float = 10.0
+    link_base_url: str = "http://127.0.0.1:8321"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1
+    defaults: Defaults = field(default_factory=Defaults)
+
+
+class Alerter:
+    def __init__(self, config: AlerterConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config, self.clock = config, clock
+        self.metrics = AlertMetrics()
+        self.subjects = Subjects(config.prefix)
+        self.metrics_port: int | None = None
+        self._nc: Client | None = None
+        self._store: AlertingStore | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._deliverer: Deliverer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+        self._inflight: set[tuple[str, int, str]] = set()
+        self._send_slots = asyncio.Semaphore(config.max_sends)
+        self._decoder = msgspec.json.Decoder(Anomaly)
+        self._server: WSGIServer | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    @property
+    def store(self) -> AlertingStore:
+        assert self._store is not None, "alerter not started"
+        return self._store
+
+    async def start(self) -> None:
+        c = self.config
+        self._nc = nc = await connect(c.nats_url, name=f"driftlock-{c.worker}")
+        self._store = store = AlertingStore(nc.jetstream(), c.prefix)
+        await store.start()
+        _after_reconnect(nc, store.restart_watches)
+        self._http = httpx.AsyncClient(follow_redirects=False)
+        delivery = DeliveryConfig(
+            worker=c.worker,
+            attempts=c.attempts,
+            backoff_s=c.backoff_s,
+            timeout_s=c.send_timeout_s,
+            link_base_url=c.link_base_url,
+        )
+        self._deliverer = Deliverer(store, self._http, delivery, self.metrics, self.clock)
+        self._start_metrics_server()
+        sub = await self._first_subscription()
+        self._tasks = [
+            asyncio.create_task(self._consume_forever(sub), name=f"{c.worker}-consume"),
+            asyncio.create_task(self._tick_forever(), name=f"{c.worker}-tick"),
+        ]
+        log.info("alerter started", extra={"worker": c.worker, "metrics_port": self.metrics_port})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking anomalies and ticking, give sends in flight `grace_s` to finish (an
+        unfinished one is taken over by another worker once its lease expires)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sends:
+            _, late = await asyncio.wait(set(self._sends), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            log.info("alerter stopping", extra={"unfinished_sends": len(late)})
+        if self._http is not None:
+            await self._http.aclose()
+        if self._store is not None:
+            await self._store.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()  # acks are already out; a pull subscription cannot drain
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        log.info("alerter stopped", extra={"worker": self.config.worker})
+
+    def _start_metrics_server(self) -> None:
+        if self.config.metrics_port < 0:
+            return
+        server, _ = start_http_server(
+            self.config.metrics_port, addr=self.config.metrics_host, registry=self.metrics.registry
+        )
+        self._server, self.metrics_port = server, server.server_port
+
+    # --- consuming anomalies -------------------------------------------------------------
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        assert self._nc is not None
+        consumer = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=50_000,
+            # A new alerting deployment starts with what is detected from now on rather
+            # than paging for a month of stored anomalies.
+            deliver_policy=DeliverPolicy.NEW,
+            filter_subject=self.subjects.anomaly_store_all,
+        )
+        return await self._nc.jetstream().pull_subscribe(
+            self.subjects.anomaly_store_all,
+            durable=DURABLE,
+            stream=self.subjects.anomalies_stream,
+            config=consumer,
+        )
+
+    async def _first_subscription(self) -> JetStreamContext.PullSubscription | None:
+        """Subscribed before start() returns, so nothing stored after it is missed; None
+        when the node has not created DL_ANOMALIES yet (the consumer task waits for it)."""
+        try:
+            return await self._subscribe()
+        except Exception as exc:
+            log.info("anomaly stream not there yet", extra={"error": repr(exc)})
+            return None
+
+    async def _consume_forever(self, sub: JetStreamContext.PullSubscription | None) -> None:
+        while sub is None:
+            await asyncio.sleep(1.0)
+            sub = await self._first_subscription()
+        self._sub = sub
+        while True:
+            try:
+                msgs = await sub.fetch(self.config.fetch_batch, timeout=1.0)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            await self._apply_batch(msgs)
+
+    async def _apply_batch(self, msgs: list[Msg]) -> None:
+        """Group the batch by incident, apply each group in one compare-and-set, then ack
+        everything; on failure nak it all (re-applying is a no-op for anomalies already
+        recorded: incidents remember the ids they saw)."""
+        now = self.clock()
+        groups: dict[str, tuple[RouteSettings, dict[str, str], Batch]] = {}
+        for msg in msgs:
+            anomaly = self._decode(msg)
+            if anomaly is None:
+                continue
+            for key, route, group, labels in self._route(anomaly):
+                groups.setdefault(key, (route, group, []))[2].append((anomaly, labels))
+        results = await asyncio.gather(
+            *(self._absorb(key, *value, now) for key, value in groups.items()),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await (msg.nak(delay=1.0) if failed else msg.ack())
+        if failed:
+            log.warning("applying anomalies failed; redelivering", extra={"error": repr(failed[0])})
+
+    def _decode(self, msg: Msg) -> Anomaly | None:
+        try:
+            anomaly = self._decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            self.metrics.rejects.labels("malformed").inc()
+            return None
+        if not is_valid_tenant(anomaly.tenant):
+            self.metrics.rejects.labels("invalid_tenant").inc()
+            return None
+        return anomaly
+
+    def _route(self, a: Anomaly) -> list[tuple[str, RouteSettings, dict[str, str], dict[str, str]]]:
+        store = self.store
+        routing = store.routing.get(a.tenant)
+        if routing is None:
+            channels = [c.id for c in tenant_values(store.channels, a.tenant)]
+            if not channels:
+                self.metrics.anomalies.labels("unrouted").inc()
+                return []
+            routing = default_routing(channels)
+        labels = anomaly_labels(a, routing.labels)
+        out = []
+        for route in resolve_routes(routing, labels, a.score, self.config.defaults):
+            group = group_of(route, labels)
+            out.append((f"{a.tenant}.{incident_key(a.tenant, route, group)}", route, group, labels))
+        self.metrics.anomalies.labels("routed").inc()
+        return out
+
+    async def _absorb(
+        self, key: str, route: RouteSettings, group: dict[str, str], batch: Batch, now: float
+    ) -> None:
+        evaluator = Evaluator(self.store, now)
+        slot = key.split(".", 1)[1]
+
+        def change(current: Incident | None) -> Incident | None:
+            inc = add_anomalies(current, slot, route, group, batch, now)
+            if inc is not None:
+                # group_wait 0 notifies now, not at the next tick
+                advance(inc, now, evaluator.suppressed(inc), evaluator.steps(inc))
+            return inc
+
+        inc = await self.store.mutate_incident(key, change)
+        if inc is not None:
+            self._schedule(inc)
+
+    # --- the tick ------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            started = time.perf_counter()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tick failed")
+            self.metrics.tick.observe(time.perf_counter() - started)
+            await asyncio.sleep(self.config.tick_s)
+
+    async def tick(self) -> None:
+        now = self.clock()
+        evaluator = Evaluator(self.store, now)
+        due: list[str] = []
+        counts = dict.fromkeys(Status, 0)
+        for key, inc in self.store.incidents.items():
+            counts[inc.status] += 1
+            if inc.status is not Status.RESOLVED and evaluator.changes(inc):
+                due.append(key)
+            elif inc.pending():
+                self._schedule(inc)
+        for status, count in counts.items():
+            self.metrics.incidents.labels(status.value).set(count)
+        for chunk in range(0, len(due), 64):
+            await asyncio.gather(
+                *(self._advance(key, evaluator) for key in due[chunk : chunk + 64])
+            )
+
+    async def _advance(self, key: str, evaluator: Evaluator) -> None:
+        def change(current: Incident | None) -> Incident | None:
+            if current is None or not evaluator.apply(current):
+                return None
+            return current
+
+        try:
+            inc = await self.store.mutate_incident(key, change)
+        except Exception as exc:
+            log.warning("could not advance incident", extra={"key": key, "error": repr(exc)})
+            return
+        if inc is not None:
+            self._schedule(inc)
+
+    # --- delivery ------------------------------------------------------------------------
+
+    def _schedule(self, inc: Incident) -> None:
+        """Start a send for each undelivered (change, channel), oldest change first per
+        channel, so a channel never hears "resolved" before "opened"."""
+        blocked: set[str] = set()
+        for change in sorted(inc.pending(), key=lambda c: c.n):
+            for channel in change.channels:
+                if channel in change.delivered or channel in blocked:
+                    continue
+                blocked.add(channel)
+                slot = (f"{inc.tenant}.{inc.id}", change.n, channel)
+                if slot in self._inflight:
+                    continue
+                self._inflight.add(slot)
+                task = asyncio.create_task(self._send(inc, change.n, channel, slot))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+
+    async def _send(self, inc: Incident, n: int, channel: str, slot: Any) -> None:
+        assert self._deliverer is not None
+        change = next(c for c in inc.changes if c.n == n)
+        try:
+            async with self._send_slots:
+                fresh = await self._deliverer.deliver(inc, change, channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery failed", extra={"incident": inc.id, "channel": channel})
+            return
+        finally:
+            self._inflight.discard(slot)
+        if fresh is not None:
+            self._schedule(fresh)  # the channel's next change, without waiting for a tick
+
+
+def _after_reconnect(nc: Client, callback: Callable[[], Any]) -> None:
+    first = nc._reconnected_cb  # nats-py has a single callback slot
+
+    async def both() -> None:
+        if first is not None:
+            await first()
+        await callback()
+
+    nc._reconnected_cb = both

@@ -1,0 +1,92 @@
+"""Notification text from Jinja2 templates in a sandbox (a tenant's template can read the
+incident but cannot reach Python internals), with defaults that read well in each medium."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+MAX_OUTPUT = 40_000
+"""characters; longer renders are cut (Slack and most mail servers refuse huge bodies)"""
+
+EMAIL_SUBJECT = "[DriftLock {{ change.kind | upper }}] {{ title }}"
+
+EMAIL_BODY = """\
+{{ title }}
+
+Status:     {{ incident.status }}{% if incident.flapping %} (flapping: held open){% endif %}
+Change:     {{ change.kind }}{% if change.step %} (escalation step {{ change.step }}){% endif %}
+Tenant:     {{ incident.tenant }}
+Route:      {{ incident.route }}
+Group:      {% for k, v in incident.group.items() %}{{ k }}={{ v }} {% endfor %}
+Opened:     {{ incident.created_at | datetime }}
+Anomalies:  {{ incident.anomaly_count }} on {{ incident.metrics | join(", ") }}
+
+Latest anomalies:
+{% for a in anomalies | reverse %}  {{ a.detected_at | datetime }}  {{ a.metric }}  {{ a.kind }}  \
+value {{ "%.4g" | format(a.value) }} (expected {{ "%.4g" | format(a.expected[0]) }}..\
+{{ "%.4g" | format(a.expected[1]) }})  score {{ "%.2f" | format(a.score) }}
+{% endfor %}
+{% if links.ack %}Acknowledge: {{ links.ack }}
+{% endif %}-- DriftLock incident {{ incident.id }}
+"""
+
+SLACK_TEXT = """\
+*{{ change.kind | capitalize }}*: {{ title }}
+{% for a in anomalies[-5:] | reverse %}• `{{ a.metric }}` {{ a.kind }}: \
+{{ "%.4g" | format(a.value) }} (expected {{ "%.4g" | format(a.expected[0]) }}–\
+{{ "%.4g" | format(a.expected[1]) }}), score {{ "%.2f" | format(a.score) }}
+{% endfor %}"""
+
+WEBHOOK_SUMMARY = "{{ title }}"
+
+
+def _datetime(ts: float) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(autoescape=False, trim_blocks=False, keep_trailing_newline=True)
+    env.filters["datetime"] = _datetime
+    return env
+
+
+_ENV = _environment()
+
+
+def syntax_error(source: str) -> str | None:
+    """None when the template compiles, else what is wrong and on which line."""
+    try:
+        _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return f"template syntax error on line {exc.lineno}: {exc.message}"
+    return None
+
+
+def render(source: str | None, default: str, context: dict[str, Any]) -> str:
+    """The tenant's template, or the default when there is none or it fails at render time
+    (a template that compiled can still fail, e.g. dividing by a string): a notification
+    with default text beats no notification."""
+    for candidate in (source, default):
+        if candidate is None:
+            continue
+        try:
+            text = _ENV.from_string(candidate).render(context)
+        except Exception:
+            if candidate is default:
+                raise
+            continue
+        return text[:MAX_OUTPUT]
+    raise AssertionError("unreachable")
+
+
+def title(context: dict[str, Any]) -> str:
+    inc = context["incident"]
+    metrics = inc["metrics"]
+    shown = ", ".join(metrics[:3]) + (f" and {len(metrics) - 3} more" if len(metrics) > 3 else "")
+    n = inc["anomaly_count"]
+    return (
+        f"{inc['tenant']}: {shown}: {n} anomal{'y' if n == 1 else 'ies'} "
+        f"(max score {inc['max_score']:.2f})"
+    )

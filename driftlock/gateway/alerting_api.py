@@ -1,0 +1,306 @@
+"""Alerting configuration of the tenant: channels (with a test send), the routing tree and
+escalation policies. Stored in KV, watched by every alerter; the tenant is always the
+caller's, and ids of other tenants are simply not found."""
+
+import secrets
+import time
+from typing import Any
+
+import httpx
+import msgspec
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+
+from driftlock.alerting import config as cfg
+from driftlock.alerting import senders
+from driftlock.alerting.incident import Change, ChangeKind, Incident
+from driftlock.alerting.matching import default_routing
+from driftlock.alerting.messages import context
+from driftlock.alerting.store import AlertingStore, tenant_values
+from driftlock.gateway.alerting_models import (
+    ChannelCreate,
+    ChannelCreated,
+    ChannelList,
+    ChannelOut,
+    HealthOut,
+    PolicyCreate,
+    PolicyList,
+    PolicyOut,
+    RouteIn,
+    RoutingIn,
+    RoutingOut,
+    TestResult,
+)
+from driftlock.gateway.errors import ApiError, invalid, not_found
+from driftlock.gateway.roles import Permission
+from driftlock.gateway.routing import Call, Endpoint, error_path, json_body
+from driftlock.ids import is_valid_tenant
+
+MASK = "********"
+TAGS = {"email", "slack", "webhook"}
+TEST_TIMEOUT_S = 10.0
+
+
+def alerting(call: Call) -> AlertingStore:
+    store = call.gateway.alerting
+    if store is None:
+        raise ApiError(503, "unavailable", "alerting is not ready")
+    return store
+
+
+def object_id(call: Call, name: str) -> str:
+    """A path id, or 404: anything not id-shaped cannot name an object."""
+    value: str = call.request.path_params[name]
+    if not is_valid_tenant(value):
+        raise not_found(name.removesuffix("_id"))
+    return value
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+# --- channels --------------------------------------------------------------------------
+
+
+def _masked(config: cfg.ChannelConfig) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(config)
+    for secret in ("password", "secret"):
+        if out.get(secret):
+            out[secret] = MASK
+    if "webhook_url" in out:  # Slack's URL is itself the credential
+        out["webhook_url"] = senders.safe_url(out["webhook_url"])
+    return out
+
+
+def _channel_out(store: AlertingStore, c: cfg.Channel) -> ChannelOut:
+    health = store.health.get(f"{c.tenant}.{c.id}")
+    return ChannelOut(
+        id=c.id,
+        name=c.name,
+        type=c.config.__class__.__name__.removesuffix("Config").lower(),
+        config=_masked(c.config),
+        max_per_hour=c.max_per_hour,
+        created_at=c.created_at,
+        health=HealthOut(**msgspec.to_builtins(health)) if health is not None else None,
+    )
+
+
+def _parse_channel(data: Any) -> ChannelCreate:
+    """Validated like every body, but with the union's tag left out of error paths:
+    `config.url`, not `config.webhook.url`."""
+    try:
+        return ChannelCreate.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        for e in exc.errors():
+            loc = tuple(e["loc"])
+            if len(loc) > 1 and loc[0] == "config" and loc[1] in TAGS:
+                loc = (loc[0], *loc[2:])
+            details.append({"path": error_path(loc), "message": e["msg"]})
+        raise invalid(details, "body is invalid") from None
+
+
+async def list_channels(call: Call) -> Response:
+    store = alerting(call)
+    channels = sorted(tenant_values(store.channels, call.tenant), key=lambda c: c.created_at)
+    body = ChannelList(channels=[_channel_out(store, c) for c in channels])
+    return JSONResponse(body.model_dump())
+
+
+async def create_channel(call: Call) -> Response:
+    store = alerting(call)
+    req = _parse_channel(await json_body(call.request))
+    data = req.config.model_dump()
+    generated = None
+    if data["type"] == "webhook" and data["secret"] is None:
+        data["secret"] = generated = secrets.token_urlsafe(32)
+    channel = cfg.Channel(
+        id=new_id(),
+        tenant=call.tenant,
+        name=req.name,
+        config=msgspec.convert(data, cfg.ChannelConfig),
+        max_per_hour=req.max_per_hour,
+        created_at=time.time(),
+    )
+    await store.channels.put(f"{call.tenant}.{channel.id}", channel)
+    out = _channel_out(store, channel)
+    body = ChannelCreated(**out.model_dump(), secret=generated)
+    return JSONResponse(body.model_dump(), status_code=201)
+
+
+def _channel(call: Call) -> cfg.Channel:
+    channel = alerting(call).channels.get(f"{call.tenant}.{object_id(call, 'channel_id')}")
+    if channel is None:
+        raise not_found("channel")
+    return channel
+
+
+async def get_channel(call: Call) -> Response:
+    return JSONResponse(_channel_out(alerting(call), _channel(call)).model_dump())
+
+
+async def delete_channel(call: Call) -> Response:
+    channel = _channel(call)
+    await alerting(call).channels.delete(f"{call.tenant}.{channel.id}")
+    return Response(status_code=204)
+
+
+async def test_channel(call: Call) -> Response:
+    """Send a sample notification now, once, without retries; the outcome is returned and
+    also recorded as the channel's health."""
+    channel = _channel(call)
+    now = time.time()
+    sample = _sample_incident(call.tenant, now)
+    change = Change(n=0, kind=ChangeKind.OPENED, at=now, channels=[channel.id])
+    ctx = context(sample, change, {"ack": "", "incident": ""})
+    nid = f"{call.tenant}.test-{new_id()}.0.{channel.id}"
+    try:
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            await senders.send(channel, ctx, nid, http, TEST_TIMEOUT_S)
+    except senders.DeliveryError as exc:
+        return JSONResponse(TestResult(delivered=False, error=str(exc)).model_dump())
+    return JSONResponse(TestResult(delivered=True, error=None).model_dump())
+
+
+def _sample_incident(tenant: str, now: float) -> Incident:
+    from driftlock.alerting.config import RouteSettings
+    from driftlock.alerting.incident import AnomalyRef
+
+    route = RouteSettings(
+        route="test", channels=(), policy=None, group_by=("metric",), group_wait_s=0,
+        group_interval_s=0, repeat_interval_s=0, resolve_after_s=0, flap_window_s=0,
+        flap_threshold=3,
+    )  # fmt: skip
+    anomaly = AnomalyRef(
+        id=f"{tenant}.sample.1.0", metric="sample:latency", ts=now, value=95.0, score=0.93,
+        kind="spike", expected=(40.0, 60.0), detected_at=now,
+    )  # fmt: skip
+    return Incident(
+        id="test", tenant=tenant, occurrence=1, route=route, group={"metric": "sample:latency"},
+        labels={"tenant": tenant, "metric": "sample:latency"}, created_at=now, updated_at=now,
+        last_anomaly_at=now, first_detected_at=now, anomalies=[anomaly], anomaly_count=1,
+        metrics=["sample:latency"], max_score=0.93,
+    )  # fmt: skip
+
+
+# --- routing tree ----------------------------------------------------------------------
+
+
+def _check_refs(
+    store: AlertingStore, tenant: str, route: RouteIn, path: str
+) -> list[dict[str, str]]:
+    problems = []
+    for i, channel in enumerate(route.channels or []):
+        if store.channels.get(f"{tenant}.{channel}") is None:
+            problems.append({"path": f"{path}.channels[{i}]", "message": "no such channel"})
+    if route.policy is not None and store.policies.get(f"{tenant}.{route.policy}") is None:
+        problems.append({"path": f"{path}.policy", "message": "no such escalation policy"})
+    for i, child in enumerate(route.routes):
+        problems += _check_refs(store, tenant, child, f"{path}.routes[{i}]")
+    return problems
+
+
+async def get_routes(call: Call) -> Response:
+    store = alerting(call)
+    routing = store.routing.get(call.tenant)
+    configured = routing is not None
+    if routing is None:
+        routing = default_routing([c.id for c in tenant_values(store.channels, call.tenant)])
+    body = RoutingOut(
+        route=msgspec.to_builtins(routing.route),
+        labels=msgspec.to_builtins(routing.labels),
+        configured=configured,
+    )
+    return JSONResponse(body.model_dump())
+
+
+async def put_routes(call: Call) -> Response:
+    store = alerting(call)
+    req: RoutingIn = call.body
+    problems = _check_refs(store, call.tenant, req.route, "route")
+    if problems:
+        raise invalid(problems, "the routing tree refers to unknown objects")
+    data = req.model_dump(by_alias=True)
+    routing = cfg.Routing(
+        route=msgspec.convert(data["route"], cfg.Route),
+        labels=msgspec.convert(data["labels"], list[cfg.LabelRule]),
+        updated_at=time.time(),
+    )
+    await store.routing.put(call.tenant, routing)
+    return await get_routes(call)
+
+
+# --- escalation policies ---------------------------------------------------------------
+
+
+def _policy_out(p: cfg.Policy) -> PolicyOut:
+    return PolicyOut.model_validate(
+        {"id": p.id, "name": p.name, "steps": msgspec.to_builtins(p.steps),
+         "created_at": p.created_at}
+    )  # fmt: skip
+
+
+async def list_policies(call: Call) -> Response:
+    policies = sorted(
+        tenant_values(alerting(call).policies, call.tenant), key=lambda p: p.created_at
+    )
+    return JSONResponse(PolicyList(policies=[_policy_out(p) for p in policies]).model_dump())
+
+
+async def create_policy(call: Call) -> Response:
+    store = alerting(call)
+    req: PolicyCreate = call.body
+    problems = [
+        {"path": f"steps[{i}].channels[{j}]", "message": "no such channel"}
+        for i, step in enumerate(req.steps)
+        for j, channel in enumerate(step.channels)
+        if store.channels.get(f"{call.tenant}.{channel}") is None
+    ]
+    if problems:
+        raise invalid(problems, "the policy refers to unknown channels")
+    policy = cfg.Policy(
+        id=new_id(),
+        tenant=call.tenant,
+        name=req.name,
+        steps=msgspec.convert(req.model_dump()["steps"], list[cfg.EscalationStep]),
+        created_at=time.time(),
+    )
+    await store.policies.put(f"{call.tenant}.{policy.id}", policy)
+    return JSONResponse(_policy_out(policy).model_dump(), status_code=201)
+
+
+async def delete_policy(call: Call) -> Response:
+    store = alerting(call)
+    key = f"{call.tenant}.{object_id(call, 'policy_id')}"
+    if store.policies.get(key) is None:
+        raise not_found("policy")
+    await store.policies.delete(key)
+    return Response(status_code=204)
+
+
+R, W = Permission.READ, Permission.MANAGE_ALERTING
+ENDPOINTS = [
+    Endpoint("GET", "/v1/alerting/channels", list_channels, "Notification channels, with health",
+             "alerting", R, response=ChannelList),
+    Endpoint("POST", "/v1/alerting/channels", create_channel,
+             "Create an e-mail, Slack or webhook channel", "alerting", W, body=ChannelCreate,
+             response=ChannelCreated, status=201, parse_body=False),
+    Endpoint("GET", "/v1/alerting/channels/{channel_id}", get_channel, "One channel",
+             "alerting", R, response=ChannelOut),
+    Endpoint("DELETE", "/v1/alerting/channels/{channel_id}", delete_channel, "Delete a channel",
+             "alerting", W, status=204),
+    Endpoint("POST", "/v1/alerting/channels/{channel_id}/test", test_channel,
+             "Send a sample notification now and report the outcome", "alerting", W,
+             response=TestResult),
+    Endpoint("GET", "/v1/alerting/routes", get_routes, "The routing tree", "alerting", R,
+             response=RoutingOut),
+    Endpoint("PUT", "/v1/alerting/routes", put_routes, "Replace the routing tree", "alerting",
+             W, body=RoutingIn, response=RoutingOut),
+    Endpoint("GET", "/v1/alerting/policies", list_policies, "Escalation policies", "alerting",
+             R, response=PolicyList),
+    Endpoint("POST", "/v1/alerting/policies", create_policy, "Create an escalation policy",
+             "alerting", W, body=PolicyCreate, response=PolicyOut, status=201),
+    Endpoint("DELETE", "/v1/alerting/policies/{policy_id}", delete_policy,
+             "Delete an escalation policy", "alerting", W, status=204),
+]  # fmt: skip
