@@ -42,6 +42,7 @@ from driftlock.detect.tuning import (
     StreamTuning,
     reference_shift,
 )
+from driftlock.detect.weekly import weekly_scores
 from driftlock.wire.messages import AnomalyKind
 
 IntArray = npt.NDArray[np.intp]
@@ -119,7 +120,12 @@ class Detector:
             found, season_fields = seasonal_scores(
                 state, ts, values, rules.interval, cfg.season_days
             )
-            seasonal, envelope_lo, envelope_hi = found
+            weekly, week_fields = weekly_scores(state, ts, values, found.scale)
+            season_fields.update(week_fields)
+            # A point either profile explains is explained: the same time yesterday, or the
+            # same time on the same weekday a week ago.
+            seasonal = np.fmin(found.score, weekly)
+            envelope_lo, envelope_hi = found.lower, found.upper
         # What the seasonal profile explains is no deviation for the change-point detector.
         counted = scored & ~(seasonal == 0.0)
         robust, robust_fields = robust_scores(state, values, cfg.window, counted)

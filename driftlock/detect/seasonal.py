@@ -33,6 +33,8 @@ class SeasonalScores(NamedTuple):
     lower: FloatArray
     upper: FloatArray
     """The envelope (NaN where the profile holds nothing yet for the point's time of day)."""
+    scale: FloatArray
+    """The day's median envelope width: the unit of the score."""
 
 
 class _Table(NamedTuple):
@@ -86,7 +88,7 @@ def seasonal_scores(
         "season_hi": table.hi.tobytes(),
         "envelope": envelope.tobytes(),
     }
-    return SeasonalScores(score, lower, upper), history
+    return SeasonalScores(score, lower, upper, scale), history
 
 
 def _load(state: DetectorState, days: int) -> _Table:

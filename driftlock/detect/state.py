@@ -56,6 +56,14 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """Each detector's calibration reference: the configured quantile of its raw scores."""
     surprise: bytes = b""
     """Combined surprise of the last `refractory` points."""
+    week_day: bytes = b""
+    """Day number held by each row of the weekly table (-1: empty)."""
+    week_today: int = -1
+    week_lo: bytes = b""
+    week_hi: bytes = b""
+    """float32 [8, 24]: lowest and highest value seen in each hour of the last eight days."""
+    week_envelope: bytes = b""
+    """float32 [2, 24]: today's envelope from the same weekday a week before."""
     centroids: bytes = b""
     """The learned shape model: k-means centroids of short difference vectors, then its
     distance unit (empty until trained)."""
