@@ -29,7 +29,7 @@ def test_nothing_to_say_in_the_first_week_then_last_weeks_envelope() -> None:
     # A typical week lies mostly inside the one before it, and never far outside.
     assert np.mean(score[week:] == 0.0) > 0.5
     assert np.max(score[week:]) < 5.0  # noise sigma 1: the 6 points of an hour span ~2.5
-    assert fields["week_today"] == 14
+    assert fields["week_today"] == T0 // DAY + 14  # days since the epoch
 
 
 def test_a_weekday_level_on_a_weekend_is_outside_last_weeks_envelope() -> None:
