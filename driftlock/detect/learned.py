@@ -6,9 +6,9 @@ the order statistics do not: a sudden oscillation, a step pattern the stream nev
 
 Online and deterministic: the model is retrained every RETRAIN points, at absolute stream
 positions, on the vectors of the TRAIN points before the boundary, with a fixed number of
-Lloyd iterations from a deterministic start (vectors at evenly spaced ranks of their norm), so
-a point is always scored by the same model however the stream was batched. Until MIN_TRAIN
-vectors exist (the warm-up) it has no say (NaN).
+Lloyd iterations from the previous model (the first time from the vectors at evenly spaced
+ranks of their norm), so a point is always scored by the same model however the stream was
+batched. Until MIN_TRAIN vectors exist (the warm-up) it has no say (NaN).
 """
 
 import numpy as np
@@ -21,6 +21,7 @@ CLUSTERS = 4
 TRAIN = 256
 MIN_TRAIN = 64
 ITERATIONS = 6
+UPDATE_ITERATIONS = 2
 RETRAIN = 512
 """Points between retrainings: the short-term shape changes slowly, and training is the
 model's whole cost."""
@@ -40,7 +41,10 @@ def learned_scores(
     steps = np.diff(series)
     if len(steps) < DIMS:
         return np.full(n, np.nan), state.centroids
-    vectors = np.lib.stride_tricks.sliding_window_view(steps, DIMS)
+    # Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy).
+    vectors = np.lib.stride_tricks.as_strided(
+        steps, shape=(len(steps) - DIMS + 1, DIMS), strides=(steps.strides[0],) * 2, writeable=False
+    )
     # Vector r ends at series entry r + DIMS; the batch's point j is entry len(series) - n + j.
     first_row = len(series) - n - DIMS
     raw = np.full(n, np.nan)
@@ -48,14 +52,15 @@ def learned_scores(
     a = 0
     for b in [*range(first, n, RETRAIN), n]:
         if len(model):
-            rows = np.arange(first_row + a, first_row + b)
-            ok = rows >= 0
-            raw[a:b][ok] = _distance(model, vectors[rows[ok]], scale[a:b][ok])
+            lo = max(a, -first_row)  # the stream's first points have no full vector
+            if lo < b:
+                rows = vectors[first_row + lo : first_row + b]
+                raw[lo:b] = _distance(model, rows, scale[lo:b])
         if b < n or (state.count + n) % RETRAIN == 0:
             # The boundary point b is entry len(series) - n + b: train on the vectors before it.
             end = first_row + b
             if end >= MIN_TRAIN:
-                model = _train(vectors[max(0, end - TRAIN) : end])
+                model = _train(vectors[max(0, end - TRAIN) : end], model)
         a = b
     return raw, model.tobytes()
 
@@ -82,13 +87,18 @@ def _nearest(centroids: FloatArray, x: FloatArray) -> FloatArray:
     return result
 
 
-def _train(x: FloatArray) -> FloatArray:
-    """Lloyd's k-means from the vectors at evenly spaced ranks of their norm; a centroid that
-    loses all its vectors keeps its place. Returns the centroids and the median distance."""
-    order = np.argsort(np.einsum("ij,ij->i", x, x), kind="stable")
-    picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
-    centroids = x[picks].copy()
-    for _ in range(ITERATIONS):
+def _train(x: FloatArray, model: FloatArray) -> FloatArray:
+    """Lloyd's k-means: the first time from the vectors at evenly spaced ranks of their norm,
+    later from the previous centroids (online k-means: the model follows the stream, and a
+    retraining costs a couple of iterations). A centroid that loses all its vectors keeps its
+    place. Returns the centroids and the median distance."""
+    if len(model):
+        centroids, iterations = model[:-1].reshape(CLUSTERS, DIMS).copy(), UPDATE_ITERATIONS
+    else:
+        order = np.argsort(np.einsum("ij,ij->i", x, x), kind="stable")
+        picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
+        centroids, iterations = x[picks].copy(), ITERATIONS
+    for _ in range(iterations):
         d = _squared(centroids, x)
         member = (d.argmin(axis=1)[:, None] == _CLUSTER_IDS).astype(np.float64)
         counts = member.sum(axis=0)
