@@ -128,10 +128,9 @@ class Detector:
             envelope_lo, envelope_hi = found.lower, found.upper
         # What the seasonal profile explains is no deviation for the change-point detector.
         counted = scored & ~(seasonal == 0.0)
-        robust, robust_fields = robust_scores(state, values, cfg.window, counted)
-        shape, centroids = learned_scores(
-            state, extend(floats(state.values), values), n, robust.scale
-        )
+        history = extend(floats(state.values), values)
+        robust, robust_fields = robust_scores(state, history, n, cfg.window, counted)
+        shape, centroids = learned_scores(state, history, n, robust.scale)
         raw = np.empty((len(DETECTORS), n))
         raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY], raw[SHAPE] = (
             robust.level,

@@ -21,7 +21,7 @@ CLUSTERS = 4
 TRAIN = 256
 MIN_TRAIN = 64
 ITERATIONS = 6
-UPDATE_ITERATIONS = 2
+UPDATE_ITERATIONS = 1
 RETRAIN = 512
 """Points between retrainings: the short-term shape changes slowly, and training is the
 model's whole cost."""
@@ -66,14 +66,19 @@ def learned_scores(
 
 
 def _distance(model: FloatArray, x: FloatArray, scale: FloatArray) -> FloatArray:
+    """Elementwise, not by a matrix product: BLAS may sum in another order for another number
+    of rows, and a point's score must not depend on how many came with it."""
     centroids, unit = model[:-1].reshape(CLUSTERS, DIMS), model[-1]
-    nearest = _nearest(centroids, x)
+    diff = x[:, None, :] - centroids[None, :, :]
+    diff *= diff
+    nearest = np.sqrt(diff.sum(axis=2).min(axis=1))
     result: FloatArray = nearest / np.maximum(unit, SCALE_FLOOR * scale)
     return result
 
 
 def _squared(centroids: FloatArray, x: FloatArray) -> FloatArray:
-    """Squared distances [vector, centroid], as |x|² - 2 x·c + |c|² (one matrix product)."""
+    """Squared distances [vector, centroid], as |x|² - 2 x·c + |c|² (one matrix product; only
+    for training, whose input is the same whatever the batches)."""
     d: FloatArray = (
         np.einsum("ij,ij->i", x, x)[:, None]
         - 2.0 * (x @ centroids.T)
@@ -90,7 +95,7 @@ def _nearest(centroids: FloatArray, x: FloatArray) -> FloatArray:
 def _train(x: FloatArray, model: FloatArray) -> FloatArray:
     """Lloyd's k-means: the first time from the vectors at evenly spaced ranks of their norm,
     later from the previous centroids (online k-means: the model follows the stream, and a
-    retraining costs a couple of iterations). A centroid that loses all its vectors keeps its
+    retraining costs one iteration). A centroid that loses all its vectors keeps its
     place. Returns the centroids and the median distance."""
     if len(model):
         centroids, iterations = model[:-1].reshape(CLUSTERS, DIMS).copy(), UPDATE_ITERATIONS

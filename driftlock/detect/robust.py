@@ -58,13 +58,16 @@ class RobustScores(NamedTuple):
 
 
 def robust_scores(
-    state: DetectorState, values: FloatArray, window: int, counted: npt.NDArray[np.bool_]
+    state: DetectorState,
+    series: FloatArray,
+    n: int,
+    window: int,
+    counted: npt.NDArray[np.bool_],
 ) -> tuple[RobustScores, dict[str, object]]:
-    """Raw scores of the three detectors for a batch, and the history fields to store; the
-    CUSUM only counts the `counted` points (after the warm-up, and not explained by the
-    seasonal profile)."""
-    n = len(values)
-    series = extend(floats(state.values), values)
+    """Raw scores of the three detectors for the batch, the last n entries of `series` (the
+    stored values, then the batch), and the history fields to store; the CUSUM only counts the
+    `counted` points (after the warm-up, and not explained by the seasonal profile)."""
+    values = series[-n:]
     if len(series) > n:
         steps = np.abs(series[-n:] - series[-n - 1 : -1])
     else:  # the stream's first point has no step
