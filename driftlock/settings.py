@@ -2,6 +2,7 @@
 and overridden by command-line flags; validated once at start."""
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,8 @@ from driftlock.errors import ConfigError
 
 
 def _default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}"
 
 
 class Settings(BaseSettings):
@@ -34,7 +36,30 @@ class Settings(BaseSettings):
     partitions: int = Field(
         64, ge=1, le=4096, description="partition count, fixed when DL_EVENTS is created"
     )
-    node_id: str = Field(default_factory=_default_node_id, description="this node's id")
+    node_id: str = Field(
+        default_factory=_default_node_id,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="this node's id, unique in the cluster; a restart with the same id takes "
+        "its partitions back at once (default: host-pid)",
+    )
+    node_weight: float = Field(
+        1.0, ge=0, le=1000, description="share of partitions relative to other nodes; 0 owns none"
+    )
+    member_ttl_s: float = Field(
+        5.0, ge=0.5, le=300, description="a node silent this long leaves the member list"
+    )
+    lease_ttl_s: float = Field(
+        5.0, ge=0.5, le=300, description="a partition lease not renewed this long expires"
+    )
+    snapshot_interval_s: float = Field(
+        30.0, gt=0, description="seconds between periodic partition snapshots"
+    )
+    max_concurrent_moves: int = Field(
+        4, ge=1, le=1024, description="partitions a node hands off or takes at the same time"
+    )
+    replicas: int = Field(
+        1, ge=1, le=5, description="replicas of streams, buckets and snapshots (3 on a cluster)"
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus endpoint")
     metrics_port: int = Field(
         9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
@@ -64,6 +89,33 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: float = Field(30 * 86400, gt=0, description="lifetime of refresh tokens")
     max_body_bytes: int = Field(
         8 << 20, ge=1024, description="largest HTTP request body (413 above)"
+    )
+    alert_tick_s: float = Field(
+        1.0, gt=0, le=60, description="seconds between alerter passes over open incidents"
+    )
+    alert_fetch_batch: int = Field(
+        256, ge=1, le=10_000, description="anomalies per alerter pull from DL_ANOMALIES"
+    )
+    alert_send_attempts: int = Field(
+        5, ge=1, le=20, description="tries per notification before it is dead-lettered"
+    )
+    alert_backoff_s: float = Field(
+        1.0, gt=0, le=600, description="delay before the first retry; doubles per retry"
+    )
+    alert_send_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="timeout of one SMTP or HTTP delivery attempt"
+    )
+    alert_link_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="public gateway URL used in notification links (default: the gateway's "
+        "host and port)",
+    )
+    alert_metrics_port: int = Field(
+        9322,
+        ge=-1,
+        le=65535,
+        description="Prometheus port of `driftlock alerter`; 0 picks a free one, -1 disables",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 

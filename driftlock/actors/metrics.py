@@ -41,6 +41,33 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.partition_moves = Counter(
+            "driftlock_partition_moves",
+            "Partitions this node acquired or released",
+            ["direction"],
+            registry=r,
+        )
+        self.handoff_pause = Histogram(
+            "driftlock_handoff_pause_seconds",
+            "From the old owner's stop request to this node running the partition",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.lease_losses = Counter(
+            "driftlock_lease_losses",
+            "Leases lost without a release, by cause (taken by another node, lapsed)",
+            ["cause"],
+            registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            "driftlock_snapshot_seconds",
+            "Time to export and upload one partition snapshot",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.snapshot_bytes = Counter(
+            "driftlock_snapshot_bytes", "Bytes of partition snapshots uploaded", registry=r
+        )
 
     def watch(
         self,

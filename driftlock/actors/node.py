@@ -3,10 +3,12 @@ partition workers, the subject guard and the Prometheus endpoint."""
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from prometheus_client import start_http_server
 
 from driftlock.actors.guard import SubjectGuard
@@ -15,10 +17,15 @@ from driftlock.actors.partition import PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
 from driftlock.actors.supervisor import Supervisor
 from driftlock.actors.tuning_watch import TuningWatch
-from driftlock.bus.connection import connect
+from driftlock.bus.connection import connect, on_reconnected
 from driftlock.bus.probe import verify_partition_mapping
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
+from driftlock.cluster.buckets import key_value
+from driftlock.cluster.coordinator import Coordinator, CoordinatorConfig
+from driftlock.cluster.leases import Leases
+from driftlock.cluster.membership import Membership
+from driftlock.cluster.snapshots import Snapshots
 from driftlock.detect import Detector
 from driftlock.settings import Settings
 from driftlock.state.store import StateStore
@@ -34,6 +41,7 @@ class Node:
     _nc: Client | None = None
     _store: StateStore | None = None
     _supervisor: Supervisor | None = None
+    _coordinator: Coordinator | None = None
     _guard: SubjectGuard | None = None
     _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
@@ -70,6 +78,7 @@ class Node:
             subjects,
             s.partitions,
             StreamLimits(s.events_max_age_s, s.anomalies_max_age_s, s.duplicate_window_s),
+            replicas=s.replicas,
         )
         self._store = store = StateStore(
             s.data_dir / "state", map_size=s.lmdb_map_size, sync=s.lmdb_sync
@@ -83,6 +92,9 @@ class Node:
             passivate_after_s=s.passivate_after_s,
         )
 
+        def owns(partition: int) -> bool:
+            return self._coordinator is not None and self._coordinator.owns(partition)
+
         def make_worker(partition: int) -> PartitionWorker:
             return PartitionWorker(
                 partition,
@@ -93,14 +105,16 @@ class Node:
                 detector=detector,
                 metrics=self.metrics,
                 config=config,
+                owns=owns,
             )
 
-        self._supervisor = Supervisor(make_worker, s.partitions)
+        self._supervisor = Supervisor(make_worker, s.node_id)
         self.metrics.watch(self._supervisor.statistics, store.statistics)
         self._start_metrics_server()
         self._guard = SubjectGuard(nc, subjects, self.metrics)
         await self._guard.start()
-        await self._supervisor.start()
+        self._coordinator = await self._join_cluster(js, subjects)
+        on_reconnected(nc, self._coordinator.restart_watches)
         self._queries = QueryResponder(
             nc, subjects, store, detector, s.partitions, self._supervisor.owned
         )
@@ -114,6 +128,53 @@ class Node:
                 "metrics_port": self.metrics_port,
             },
         )
+
+    async def _join_cluster(self, js: JetStreamContext, subjects: Subjects) -> Coordinator:
+        s = self.settings
+        instance = uuid.uuid4().hex
+        coordinator: Coordinator | None = None
+
+        def wake() -> None:
+            if coordinator is not None:
+                coordinator.wake()
+
+        members = await key_value(js, f"{s.prefix}_members", replicas=s.replicas, ttl=3600)
+        drains = await key_value(js, f"{s.prefix}_drains", replicas=s.replicas)
+        lease_kv = await key_value(js, f"{s.prefix}_leases", replicas=s.replicas)
+        snapshots = Snapshots(js, f"{s.prefix}_snapshots", replicas=s.replicas)
+        await snapshots.open()
+        coordinator = Coordinator(
+            config=CoordinatorConfig(
+                node_id=s.node_id,
+                instance=instance,
+                partitions=s.partitions,
+                heartbeat_s=min(s.member_ttl_s, s.lease_ttl_s) / 4,
+                snapshot_interval_s=s.snapshot_interval_s,
+                max_concurrent_moves=s.max_concurrent_moves,
+                address=f"{s.metrics_host}:{self.metrics_port}" if self.metrics_port else "",
+            ),
+            supervisor=self.supervisor,
+            state=self.store,
+            membership=Membership(
+                members,
+                drains,
+                node_id=s.node_id,
+                weight=s.node_weight,
+                ttl_s=s.member_ttl_s,
+                on_change=wake,
+            ),
+            leases=Leases(
+                lease_kv,
+                node_id=s.node_id,
+                instance=instance,
+                ttl_s=s.lease_ttl_s,
+                on_change=wake,
+            ),
+            snapshots=snapshots,
+            metrics=self.metrics,
+        )
+        await coordinator.start()
+        return coordinator
 
     def _start_metrics_server(self) -> None:
         port = self.settings.metrics_port
@@ -132,6 +193,8 @@ class Node:
             await self._queries.stop()
         if self._guard is not None:
             await self._guard.stop()
+        if self._coordinator is not None:
+            await self._coordinator.stop()
         if self._supervisor is not None:
             await self._supervisor.stop()
         if self._store is not None:

@@ -10,6 +10,7 @@ ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what i
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,10 @@ StreamKey = tuple[str, str]
 Slice = tuple[DecodedPoints, int]
 
 
+class OwnershipLost(Exception):
+    """The partition's lease is no longer ours: stop before publishing or committing more."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     partitions: int
@@ -53,8 +58,10 @@ class PartitionWorker:
         detector: Detector,
         metrics: NodeMetrics,
         config: WorkerConfig,
+        owns: Callable[[int], bool] = lambda partition: True,
     ) -> None:
         self.partition = partition
+        self._owns = owns
         self._nc, self._js, self._store = nc, js, store
         self._subjects, self._detector, self._metrics = subjects, detector, metrics
         self._config = config
@@ -113,14 +120,21 @@ class PartitionWorker:
             ts, values, seqs, indexes = _concatenate(parts)
             anomalies += actor.apply(self._detector, ts, values, seqs, indexes)
             points += len(values)
+        self._check_ownership()
         await self._publish_anomalies(anomalies)
         await self._publish_rejects(rejects)
+        self._check_ownership()
         # Only the actors of this batch changed: the commit costs what the batch touched,
         # however many actors are active.
         records = {actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in touched}
         await self._store.commit(self.partition, records, last_seq)
         self.last_applied_seq = last_seq
         self._count(len(batch), points, anomalies, rejects, time.perf_counter() - started)
+
+    def _check_ownership(self) -> None:
+        if not self._owns(self.partition):
+            # Nothing of this batch is committed: the next owner replays it.
+            raise OwnershipLost(f"partition {self.partition}")
 
     def _decode(
         self, batch: list[Delivery]

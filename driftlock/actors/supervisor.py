@@ -1,15 +1,17 @@
-"""The supervisor decides which partitions this node runs and keeps their workers alive.
+"""The supervisor runs the partition workers this node owns and keeps them alive.
 
-On a single node it owns every partition. The cluster issue replaces `desired_partitions`
-with membership + rendezvous hashing + leases; `assign()` is the seam it calls.
+Which partitions it owns is decided elsewhere: the cluster coordinator starts and stops
+partitions as leases come and go. Every start and stop is logged with the partition and the
+wall time, so ownership can be audited across nodes.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from driftlock.actors.metrics import WorkerStatistics
-from driftlock.actors.partition import PartitionWorker
+from driftlock.actors.partition import OwnershipLost, PartitionWorker
 
 log = logging.getLogger("driftlock.supervisor")
 
@@ -17,45 +19,51 @@ RESTART_DELAY_S = 1.0
 
 
 class Supervisor:
-    def __init__(self, worker_factory: Callable[[int], PartitionWorker], partitions: int) -> None:
+    def __init__(self, worker_factory: Callable[[int], PartitionWorker], node_id: str) -> None:
         self._factory = worker_factory
-        self._partitions = partitions
+        self._node_id = node_id
         self._workers: dict[int, PartitionWorker] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._closing = False
-
-    def desired_partitions(self) -> set[int]:
-        return set(range(self._partitions))
 
     def owned(self) -> set[int]:
         """The partitions this node runs now."""
         return set(self._tasks)
 
+    def worker(self, partition: int) -> PartitionWorker | None:
+        return self._workers.get(partition)
+
     def statistics(self) -> Iterable[WorkerStatistics]:
         return [w.statistics() for w in list(self._workers.values())]
 
-    async def start(self) -> None:
-        await self.assign(self.desired_partitions())
+    def start_partition(self, partition: int) -> None:
+        if partition in self._tasks:
+            return
+        self._log_ownership("partition started", partition)
+        self._tasks[partition] = asyncio.create_task(
+            self._keep_running(partition), name=f"partition-{partition}"
+        )
 
-    async def assign(self, partitions: set[int]) -> None:
-        """Run exactly these partitions: start the missing, gracefully stop the others."""
-        for p in sorted(set(self._tasks) - partitions):
-            await self._stop_partition(p)
-        for p in sorted(partitions - set(self._tasks)):
-            self._tasks[p] = asyncio.create_task(self._keep_running(p), name=f"partition-{p}")
-
-    async def stop(self) -> None:
-        self._closing = True
-        await asyncio.gather(*(self._stop_partition(p) for p in list(self._tasks)))
-
-    async def _stop_partition(self, partition: int) -> None:
+    async def stop_partition(self, partition: int) -> None:
+        """Gracefully: the worker finishes and commits the batch in hand (unless it no
+        longer owns the partition), then stops."""
         worker = self._workers.get(partition)
         if worker is not None:
             worker.stop()
         task = self._tasks.pop(partition, None)
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+            self._log_ownership("partition stopped", partition)
         self._workers.pop(partition, None)
+
+    async def stop(self) -> None:
+        self._closing = True
+        await asyncio.gather(*(self.stop_partition(p) for p in list(self._tasks)))
+
+    def _log_ownership(self, message: str, partition: int) -> None:
+        log.info(
+            message, extra={"partition": partition, "node_id": self._node_id, "at": time.time()}
+        )
 
     async def _keep_running(self, partition: int) -> None:
         """A worker that fails is logged and restarted from its last committed sequence."""
@@ -66,6 +74,9 @@ class Supervisor:
                 return
             except asyncio.CancelledError:
                 raise
+            except OwnershipLost:
+                log.warning("partition worker lost its lease", extra={"partition": partition})
+                return
             except Exception:
                 if self._closing or worker.stopping:
                     return

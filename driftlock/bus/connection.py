@@ -1,6 +1,7 @@
 """A NATS connection that reconnects forever and whose callbacks log and never raise."""
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -34,3 +35,19 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Clien
         disconnected_cb=_on_disconnected,
         reconnected_cb=_on_reconnected,
     )
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+def on_reconnected(nc: Client, callback: Callback) -> None:
+    """Run `callback` after every reconnect, after those already registered (nats-py has a
+    single callback slot)."""
+    first: Callback | None = nc._reconnected_cb
+
+    async def both() -> None:
+        if first is not None:
+            await first()
+        await callback()
+
+    nc._reconnected_cb = both

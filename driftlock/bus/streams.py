@@ -55,11 +55,20 @@ def anomalies_config(subjects: Subjects, limits: StreamLimits) -> StreamConfig:
 
 
 async def ensure_streams(
-    js: JetStreamContext, subjects: Subjects, partitions: int, limits: StreamLimits
+    js: JetStreamContext,
+    subjects: Subjects,
+    partitions: int,
+    limits: StreamLimits,
+    *,
+    replicas: int = 1,
 ) -> None:
+    """Replicas apply when a stream is created; an existing stream keeps its own (changing
+    them is an operator's `nats stream edit`, not something a starting node should do)."""
     events = events_config(subjects, partitions, limits)
+    anomalies = anomalies_config(subjects, limits)
+    events.num_replicas = anomalies.num_replicas = replicas
     await _ensure(js, events, _events_conflicts)
-    await _ensure(js, anomalies_config(subjects, limits), _anomalies_conflicts)
+    await _ensure(js, anomalies, _anomalies_conflicts)
 
 
 async def _ensure(js: JetStreamContext, wanted: StreamConfig, conflicts: Checker) -> None:

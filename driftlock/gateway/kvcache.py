@@ -9,7 +9,9 @@ leave a stale copy behind.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import msgspec
@@ -20,12 +22,25 @@ log = logging.getLogger("driftlock.gateway.kv")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """When this process last saw a key change: leases and heartbeats expire by how long
+    their revision has stood still here, so no two clocks are ever compared."""
+
+    revision: int
+    at: float  # time.monotonic()
+
+
 class KvCache(Generic[T]):
-    def __init__(self, kv: KeyValue, kind: type[T]) -> None:
+    def __init__(
+        self, kv: KeyValue, kind: type[T], on_change: Callable[[], None] | None = None
+    ) -> None:
         self.kv = kv
         self._decoder = msgspec.json.Decoder(kind)
         self._encoder = msgspec.json.Encoder()
         self._entries: dict[str, T] = {}
+        self._seen: dict[str, Seen] = {}
+        self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
 
@@ -54,6 +69,9 @@ class KvCache(Generic[T]):
 
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(list(self._entries.items()))
+
+    def seen(self, key: str) -> Seen | None:
+        return self._seen.get(key)
 
     async def put(self, key: str, value: T) -> None:
         await self.kv.put(key, self._encoder.encode(value))
@@ -95,17 +113,26 @@ class KvCache(Generic[T]):
                     if fresh is not None:
                         self._entries, fresh = fresh, None
                         self._loaded.set()
+                        self._changed()
                     continue
                 target = fresh if fresh is not None else self._entries
+                self._seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
                 if entry.operation in ("DEL", "PURGE") or entry.value is None:
                     target.pop(entry.key, None)
-                    continue
-                try:
-                    target[entry.key] = self._decoder.decode(entry.value)
-                except msgspec.DecodeError as exc:
-                    log.warning(
-                        "skipping undecodable kv entry", extra={"key": entry.key, "error": str(exc)}
-                    )
+                else:
+                    try:
+                        target[entry.key] = self._decoder.decode(entry.value)
+                    except msgspec.DecodeError as exc:
+                        log.warning(
+                            "skipping undecodable kv entry",
+                            extra={"key": entry.key, "error": str(exc)},
+                        )
+                if fresh is None:
+                    self._changed()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()

@@ -84,6 +84,22 @@ class StateStore:
                 tenant, metric = key[len(prefix) :].decode().split("/", 1)
                 yield tenant, metric, decode_actor(value)
 
+    def export_partition(self, partition: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The partition's `last_applied_seq` and every actor record (keys without the
+        partition prefix), read in one transaction, so they always belong together."""
+        prefix = partition_prefix(partition)
+        with self._env.begin() as txn:
+            meta = txn.get(prefix, db=self._meta)
+            seq = decode_meta(meta).last_applied_seq if meta is not None else 0
+            cursor = txn.cursor(db=self._actors)
+            records: list[tuple[bytes, bytes]] = []
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    records.append((bytes(key[len(prefix) :]), bytes(value)))
+        return seq, records
+
     def statistics(self) -> StoreStatistics:
         info, stat = self._env.info(), self._env.stat()
         with self._env.begin() as txn:
@@ -99,10 +115,24 @@ class StateStore:
 
     async def commit(self, partition: int, actors: Puts, last_applied_seq: int) -> None:
         """Write the actors' records and the partition's new last applied sequence atomically."""
+        await self._submit(partition, actors, last_applied_seq, replace=False)
+
+    async def replace_partition(
+        self, partition: int, records: list[tuple[bytes, bytes]], last_applied_seq: int
+    ) -> None:
+        """Make the partition exactly this snapshot (as `export_partition` returns it):
+        records it does not contain are dropped, in the same transaction."""
+        prefix = partition_prefix(partition)
+        actors = {prefix + key: value for key, value in records}
+        await self._submit(partition, actors, last_applied_seq, replace=True)
+
+    async def _submit(
+        self, partition: int, actors: Puts, last_applied_seq: int, *, replace: bool
+    ) -> None:
         meta = encode(PartitionMeta(last_applied_seq=last_applied_seq))
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Commit(partition_prefix(partition), meta, actors, loop, done))
+        self._queue.put(_Commit(partition_prefix(partition), meta, actors, loop, done, replace))
         await done
 
     def close(self) -> None:
@@ -131,6 +161,8 @@ class StateStore:
         try:
             with self._env.begin(write=True) as txn:
                 for commit in group:
+                    if commit.replace:
+                        _delete_range(txn, self._actors, commit.meta_key)
                     for key, value in commit.actors.items():
                         txn.put(key, value, db=self._actors)
                     txn.put(commit.meta_key, commit.meta, db=self._meta)
@@ -151,6 +183,16 @@ class _Commit:
     actors: Puts
     loop: asyncio.AbstractEventLoop
     done: "asyncio.Future[None]"
+    replace: bool = False
+
+
+def _delete_range(txn: "lmdb.Transaction", db: "lmdb._Database", prefix: bytes) -> None:
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    while bytes(cursor.key()).startswith(prefix):
+        if not cursor.delete():  # moves to the next record; False once none is left
+            break
 
 
 def _succeed(future: "asyncio.Future[None]") -> None:

@@ -1,0 +1,138 @@
+"""Partition leases in KV bucket `<prefix>_leases` (DESIGN §3), taken and renewed with
+compare-and-set on the key's revision.
+
+Safety rests on two clocks that never need to agree. The holder counts its lease valid
+until `ttl` after it *sent* its last successful renewal; another node counts it expired only
+once the revision it last saw has stood still for `ttl` on its own clock, and it saw that
+revision after the holder sent it. So the holder always stops first. A stale view only makes
+the compare-and-set fail; it can never hand one lease to two nodes.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from driftlock.cluster.records import LeaseRecord, lease_key
+from driftlock.gateway.kvcache import KvCache
+
+log = logging.getLogger("driftlock.cluster")
+
+_encoder = msgspec.json.Encoder()
+
+
+class LeaseState(Enum):
+    FREE = "free"  # never taken, deleted, or released
+    OURS = "ours"  # recorded under this node's id (this or a previous incarnation)
+    EXPIRED = "expired"  # another node's, not renewed for a lease period
+    TAKEN = "taken"  # another node's, alive
+
+
+@dataclass(slots=True)
+class Held:
+    revision: int
+    valid_until: float  # time.monotonic()
+    record: LeaseRecord
+
+
+class Leases:
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        node_id: str,
+        instance: str,
+        ttl_s: float,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._kv, self._node_id, self._instance, self._ttl = kv, node_id, instance, ttl_s
+        self.cache: KvCache[LeaseRecord] = KvCache(kv, LeaseRecord, on_change)
+        self._held: dict[int, Held] = {}
+
+    def held(self) -> set[int]:
+        return set(self._held)
+
+    def valid(self, partition: int) -> bool:
+        held = self._held.get(partition)
+        return held is not None and time.monotonic() < held.valid_until
+
+    def record(self, partition: int) -> LeaseRecord | None:
+        return self.cache.get(lease_key(partition))
+
+    def state(self, partition: int) -> LeaseState:
+        key = lease_key(partition)
+        record, seen = self.cache.get(key), self.cache.seen(key)
+        if record is None or not record.node:
+            return LeaseState.FREE
+        if record.node == self._node_id:
+            # Node ids are unique per running node (like Kafka's static membership): a
+            # lease under our id is a previous incarnation's, dead since we started.
+            return LeaseState.OURS
+        if seen is not None and time.monotonic() - seen.at > self._ttl:
+            return LeaseState.EXPIRED
+        return LeaseState.TAKEN
+
+    async def acquire(self, partition: int) -> LeaseRecord | None:
+        """Take the lease if the revision is still the one we saw; returns the record it
+        replaced (empty if there was none), or None if another node got there first."""
+        key = lease_key(partition)
+        previous = self.cache.get(key) or LeaseRecord()
+        seen = self.cache.seen(key)
+        mine = LeaseRecord(node=self._node_id, instance=self._instance, acquired_at=time.time())
+        sent = time.monotonic()
+        try:
+            if seen is None:
+                revision = await self._kv.create(key, _encoder.encode(mine))
+            else:
+                revision = await self._kv.update(key, _encoder.encode(mine), last=seen.revision)
+        except KeyWrongLastSequenceError:
+            return None
+        self._held[partition] = Held(revision, sent + self._ttl, mine)
+        return previous
+
+    async def renew(self) -> list[int]:
+        """Renew every held lease; returns the partitions whose lease another node took.
+        A renewal that fails for any other reason (NATS unreachable) leaves the lease to
+        lapse on its own, which `valid()` reports."""
+        lost = []
+        for partition, held in list(self._held.items()):
+            sent = time.monotonic()
+            try:
+                held.revision = await self._kv.update(
+                    lease_key(partition), _encoder.encode(held.record), last=held.revision
+                )
+            except KeyWrongLastSequenceError:
+                lost.append(partition)
+                self._held.pop(partition, None)
+                continue
+            except Exception as exc:
+                log.warning(
+                    "lease renewal failed", extra={"partition": partition, "error": repr(exc)}
+                )
+                continue
+            held.valid_until = sent + self._ttl
+        return lost
+
+    async def release(self, partition: int, *, stop_requested_at: float, snapshot_seq: int) -> None:
+        """Mark the lease free for the next owner (only if it is still ours)."""
+        held = self._held.pop(partition, None)
+        if held is None:
+            return
+        released = LeaseRecord(
+            released_at=time.time(), stop_requested_at=stop_requested_at, snapshot_seq=snapshot_seq
+        )
+        try:
+            await self._kv.update(
+                lease_key(partition), _encoder.encode(released), last=held.revision
+            )
+        except KeyWrongLastSequenceError:
+            log.warning("lease was taken before release", extra={"partition": partition})
+
+    def forget(self, partition: int) -> None:
+        """Stop renewing a lease that lapsed; it is reacquired through `acquire`."""
+        self._held.pop(partition, None)
