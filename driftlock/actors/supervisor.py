@@ -7,7 +7,6 @@ wall time, so ownership can be audited across nodes.
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 from driftlock.actors.metrics import WorkerStatistics
@@ -61,9 +60,7 @@ class Supervisor:
         await asyncio.gather(*(self.stop_partition(p) for p in list(self._tasks)))
 
     def _log_ownership(self, message: str, partition: int) -> None:
-        log.info(
-            message, extra={"partition": partition, "node_id": self._node_id, "at": time.time()}
-        )
+        log.info(message, extra={"partition": partition, "node_id": self._node_id})
 
     async def _keep_running(self, partition: int) -> None:
         """A worker that fails is logged and restarted from its last committed sequence."""
