@@ -34,6 +34,20 @@ NODE = (
     "detector_window",
     "detector_warmup",
     "detector_threshold",
+    "node_weight",
+    "member_ttl_s",
+    "lease_ttl_s",
+    "snapshot_interval_s",
+    "max_concurrent_moves",
+    "replicas",
+)
+ALERTER = (
+    "alert_tick_s",
+    "alert_fetch_batch",
+    "alert_send_attempts",
+    "alert_backoff_s",
+    "alert_send_timeout_s",
+    "alert_link_base_url",
 )
 GATEWAY = (
     "gateway_host",
@@ -45,10 +59,10 @@ GATEWAY = (
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "up": (
         "Run the embedded default: a local nats-server with JetStream (config and store under "
-        "--data-dir), one node and the HTTP gateway. On first start it creates tenant "
+        "--data-dir), one node, the alerter and the HTTP gateway. On first start it creates tenant "
         "'default' with an owner and prints the credentials once. Prints the NATS and "
         "gateway URLs and examples.",
-        (*COMMON, "nats_host", "nats_port", *NODE, *GATEWAY),
+        (*COMMON, "nats_host", "nats_port", *NODE, *GATEWAY, *ALERTER),
     ),
     "gateway": (
         "Run the HTTP gateway against an existing NATS server (--nats-url). Stateless: run "
@@ -59,6 +73,21 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Run one node against an existing NATS server (--nats-url). The server must map "
         "<prefix>.in.*.* to partitions: see `driftlock nats-config`.",
         (*COMMON, "nats_url", *NODE),
+    ),
+    "alerter": (
+        "Run an alerting worker against an existing NATS server (--nats-url): turns anomalies "
+        "into incidents and notifications. Run several for availability; each notification "
+        "still goes out once.",
+        (
+            *COMMON,
+            "nats_url",
+            "node_id",
+            "metrics_host",
+            "alert_metrics_port",
+            *ALERTER,
+            "gateway_host",
+            "gateway_port",
+        ),
     ),
     "nats-config": (
         "Print the mappings block to add to an external nats-server's config.",
@@ -154,10 +183,16 @@ def _run_service(command: str, settings: Settings) -> int:
         finally:
             await server.stop()
 
+    async def alerter(s: Settings, stop: asyncio.Event) -> None:
+        from driftlock.alerting.service import Alerter, config_from
+
+        await Alerter(config_from(s)).run(stop)
+
     runners: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {
         "up": run_up,
         "node": node,
         "gateway": gateway,
+        "alerter": alerter,
     }
     runner = runners[command]
     try:

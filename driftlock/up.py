@@ -1,11 +1,13 @@
 """`driftlock up`: the embedded default — a managed nats-server with JetStream under the data
-directory, plus one node — and the banner that tells the user where everything is."""
+directory, plus one node, the alerter and the gateway — and the banner that tells the user
+where everything is."""
 
 import asyncio
 import errno
 import socket
 
 from driftlock.actors.node import Node
+from driftlock.alerting.service import Alerter, config_from
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import ConfigError
@@ -44,6 +46,9 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> None:
     try:
         node = Node(running)
         await node.start()
+        # The alerter's metrics join the node's endpoint: one Prometheus page per process.
+        alerter = Alerter(config_from(running, metrics_port=-1), registry=node.metrics.registry)
+        await alerter.start()
         gateway = GatewayServer(running)
         try:
             gateway_url = await gateway.start()
@@ -53,6 +58,7 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> None:
             await stop.wait()
         finally:
             await gateway.stop()
+            await alerter.stop()
             await node.shutdown()
     finally:
         server.stop()

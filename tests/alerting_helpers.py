@@ -81,6 +81,8 @@ class HttpReceiver:
                 self.received.append(request)
                 if self.hold is not None:
                     await self.hold.wait()
+                    if await _peer_closed(reader):  # the sender died while we held it
+                        return
                 writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 2\r\n\r\nok".encode())
                 await writer.drain()
                 if self.status < 300:
@@ -89,6 +91,13 @@ class HttpReceiver:
             return
         finally:
             writer.close()
+
+
+async def _peer_closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.3) == b""
+    except TimeoutError:
+        return False
 
 
 class _Mailbox:
@@ -217,6 +226,24 @@ async def spike(nc: Client, tenant: str, metric: str, seed: int = 1) -> None:
     await nc.publish(f"dl.in.{tenant}.{metric}", json.dumps(points).encode())
     await nc.publish(f"dl.in.{tenant}.{metric}", json.dumps([start + 300, 95.0]).encode())
     await nc.flush()
+
+
+async def webhook(
+    client: httpx.AsyncClient, auth: dict[str, str], url: str, name: str = "hook"
+) -> tuple[str, str]:
+    """A webhook channel; its id and generated secret."""
+    body = {"name": name, "config": {"type": "webhook", "url": url}}
+    created = await post(client, "/v1/alerting/channels", body, auth)
+    return created["id"], created["secret"]
+
+
+def kinds(requests: list[Request]) -> list[tuple[str, str]]:
+    """(metric of the first anomaly, change kind) of each webhook call, in arrival order."""
+    out = []
+    for r in requests:
+        body = r.json()
+        out.append((body["incident"]["metrics"][0], body["change"]["kind"]))
+    return out
 
 
 async def post(client: httpx.AsyncClient, path: str, body: Any, auth: dict[str, str]) -> Any:

@@ -4,8 +4,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class AlertMetrics:
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
         self.anomalies = Counter(
             "driftlock_alert_anomalies",
             "Anomalies consumed by the alerter, by outcome (routed, unrouted, duplicate)",

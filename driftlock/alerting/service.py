@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import httpx
@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from driftlock.alerting.config import Defaults, RouteSettings
 from driftlock.alerting.delivery import Deliverer, DeliveryConfig
@@ -38,6 +38,9 @@ from driftlock.bus.connection import connect
 from driftlock.bus.subjects import Subjects
 from driftlock.ids import is_valid_tenant
 from driftlock.wire.messages import Anomaly
+
+if TYPE_CHECKING:
+    from driftlock.settings import Settings
 
 log = logging.getLogger("driftlock.alerting")
 
@@ -63,9 +66,14 @@ class AlerterConfig:
 
 
 class Alerter:
-    def __init__(self, config: AlerterConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: AlerterConfig,
+        clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config, self.clock = config, clock
-        self.metrics = AlertMetrics()
+        self.metrics = AlertMetrics(registry)
         self.subjects = Subjects(config.prefix)
         self.metrics_port: int | None = None
         self._nc: Client | None = None
@@ -354,3 +362,23 @@ def _after_reconnect(nc: Client, callback: Callable[[], Any]) -> None:
         await callback()
 
     nc._reconnected_cb = both
+
+
+def config_from(settings: "Settings", *, metrics_port: int | None = None) -> AlerterConfig:
+    """The alerter's settings from the process settings; links point at the gateway unless
+    `alert_link_base_url` names the public address."""
+    s = settings
+    link = s.alert_link_base_url or f"http://{s.gateway_host}:{s.gateway_port}"
+    return AlerterConfig(
+        nats_url=s.nats_url,
+        prefix=s.prefix,
+        worker=f"{s.node_id}-{uuid.uuid4().hex[:6]}",
+        tick_s=s.alert_tick_s,
+        fetch_batch=s.alert_fetch_batch,
+        attempts=s.alert_send_attempts,
+        backoff_s=s.alert_backoff_s,
+        send_timeout_s=s.alert_send_timeout_s,
+        link_base_url=link,
+        metrics_host=s.metrics_host,
+        metrics_port=s.alert_metrics_port if metrics_port is None else metrics_port,
+    )
