@@ -25,7 +25,15 @@ def run_bench(*args: str) -> str:
 
 
 class NodeProcess:
-    def __init__(self, *, nats_url: str, data_dir: Path, partitions: int, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        nats_url: str,
+        data_dir: Path,
+        partitions: int,
+        name: str,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{name}.log"
         self._args = [
@@ -43,6 +51,7 @@ class NodeProcess:
             "-1",
             "--node-id",
             name,
+            *extra,
         ]
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -73,6 +73,9 @@ class Supervisor:
                 raise
             except OwnershipLost:
                 log.warning("partition worker lost its lease", extra={"partition": partition})
+                self._tasks.pop(partition, None)
+                self._workers.pop(partition, None)
+                self._log_ownership("partition stopped", partition)
                 return
             except Exception:
                 if self._closing or worker.stopping:

@@ -115,9 +115,13 @@ class Coordinator:
             return
         for partition in await self._leases.renew():
             await self._abandon(partition, cause="taken")
-        for partition in self._leases.held() - set(self._moving):
+        for partition in sorted(self._leases.held() - set(self._moving)):
             if not self._leases.valid(partition):
                 await self._abandon(partition, cause="lapsed")
+            elif partition not in self._supervisor.owned():
+                # Its worker stopped on a lapse the renewal has since repaired.
+                log.info("partition resumed", extra={"partition": partition})
+                self._supervisor.start_partition(partition)
         await self._membership.heartbeat(self._member_record())
         if not self._closing:
             self._rebalance()

@@ -8,10 +8,11 @@ revision after the holder sent it. So the holder always stops first. A stale vie
 the compare-and-set fail; it can never hand one lease to two nodes.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import msgspec
@@ -38,6 +39,9 @@ class Held:
     revision: int
     valid_until: float  # time.monotonic()
     record: LeaseRecord
+    # A renewal and a release of one lease must not race: both compare-and-set on the
+    # revision, and the loser would take a live lease for lost.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Leases:
@@ -99,30 +103,44 @@ class Leases:
         """Renew every held lease; returns the partitions whose lease another node took.
         A renewal that fails for any other reason (NATS unreachable) leaves the lease to
         lapse on its own, which `valid()` reports."""
-        lost = []
-        for partition, held in list(self._held.items()):
-            sent = time.monotonic()
-            try:
-                held.revision = await self._kv.update(
-                    lease_key(partition), _encoder.encode(held.record), last=held.revision
-                )
-            except KeyWrongLastSequenceError:
-                lost.append(partition)
-                self._held.pop(partition, None)
-                continue
-            except Exception as exc:
-                log.warning(
-                    "lease renewal failed", extra={"partition": partition, "error": repr(exc)}
-                )
-                continue
-            held.valid_until = sent + self._ttl
-        return lost
+        held = list(self._held.items())
+        results = await asyncio.gather(*(self._renew_one(p, h) for p, h in held))
+        return [p for (p, _), kept in zip(held, results, strict=True) if not kept]
+
+    async def _renew_one(self, partition: int, held: Held) -> bool:
+        async with held.lock:
+            if self._held.get(partition) is not held:
+                return True  # released meanwhile
+            return await self._update(partition, held)
+
+    async def _update(self, partition: int, held: Held) -> bool:
+        sent = time.monotonic()
+        try:
+            revision = await self._kv.update(
+                lease_key(partition), _encoder.encode(held.record), last=held.revision
+            )
+        except KeyWrongLastSequenceError:
+            if self._held.get(partition) is held:
+                del self._held[partition]
+            return False
+        except Exception as exc:
+            log.warning("lease renewal failed", extra={"partition": partition, "error": repr(exc)})
+            return True
+        held.revision, held.valid_until = revision, sent + self._ttl
+        return True
 
     async def release(self, partition: int, *, stop_requested_at: float, snapshot_seq: int) -> None:
         """Mark the lease free for the next owner (only if it is still ours)."""
-        held = self._held.pop(partition, None)
+        held = self._held.get(partition)
         if held is None:
             return
+        async with held.lock:
+            self._held.pop(partition, None)
+            await self._mark_released(partition, held, stop_requested_at, snapshot_seq)
+
+    async def _mark_released(
+        self, partition: int, held: Held, stop_requested_at: float, snapshot_seq: int
+    ) -> None:
         released = LeaseRecord(
             released_at=time.time(), stop_requested_at=stop_requested_at, snapshot_seq=snapshot_seq
         )
