@@ -77,6 +77,10 @@ def fresh(route_overrides: dict[str, float] | None = None) -> tuple[Incident, Ro
     return inc, routing
 
 
+def last_kind(inc: Incident) -> ChangeKind:
+    return inc.changes[-1].kind
+
+
 def test_lifecycle_group_wait_update_repeat_escalate_resolve() -> None:
     inc, _ = fresh({"resolve_after_s": 2000.0})
     steps = [EscalationStep(after_s=120, channels=["boss"])]
@@ -88,18 +92,18 @@ def test_lifecycle_group_wait_update_repeat_escalate_resolve() -> None:
     add_anomalies(inc, "k", inc.route, inc.group, [(anomaly("cpu", 2), {})], T0 + 20)
     assert not advance(inc, T0 + 69, None, steps)
     assert advance(inc, T0 + 70, None, steps)
-    assert inc.changes[-1].kind is ChangeKind.UPDATED
+    assert last_kind(inc) is ChangeKind.UPDATED
     assert advance(inc, T0 + 130, None, steps)  # escalation step, 120 s after the first notice
-    assert inc.changes[-1].kind is ChangeKind.ESCALATED and inc.changes[-1].channels == ["boss"]
+    assert last_kind(inc) is ChangeKind.ESCALATED and inc.changes[-1].channels == ["boss"]
     assert not advance(inc, T0 + 669, None, steps)
     assert advance(inc, T0 + 670, None, steps)  # repeat_interval after the last notice
-    assert inc.changes[-1].kind is ChangeKind.REPEATED
+    assert last_kind(inc) is ChangeKind.REPEATED
     assert inc.changes[-1].channels == ["a", "boss"]
     assert advance(inc, T0 + 2019, None, steps)  # overdue reminders collapse into one
     assert [c.kind for c in inc.changes].count(ChangeKind.REPEATED) == 2
     assert advance(inc, T0 + 2020, None, steps)  # quiet for resolve_after since T0 + 20
     assert inc.status is Status.RESOLVED
-    assert inc.changes[-1].kind is ChangeKind.RESOLVED
+    assert last_kind(inc) is ChangeKind.RESOLVED
     assert inc.changes[-1].channels == ["a", "boss"]
 
 
