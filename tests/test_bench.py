@@ -34,3 +34,11 @@ def test_gateway_bench_quick_mode_runs_the_gateway_command() -> None:
     results = json.loads((ROOT / "bench" / "results" / "gateway-quick.json").read_text())
     assert results["ingest 100 points"]["errors"] == 0
     assert results["anomaly query"]["errors"] == 0
+
+
+def test_alerting_bench_quick_mode_measures_latency_and_incident_rate() -> None:
+    out = run_bench("bench.alerting", "--quick")
+    assert "latency p50" in out and "incidents/s" in out
+    results = json.loads((ROOT / "bench" / "results" / "alerting-quick.json").read_text())
+    assert 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p99"]
+    assert results["incidents_per_s"] > 0
