@@ -3,7 +3,10 @@ tenant isolation, the test send and channel health, dead letters after the last 
 rate cap, and label rules that correlate several metrics into one incident."""
 
 import asyncio
+import json
+import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -222,3 +225,32 @@ async def test_rate_cap_and_label_rules_grouping_metrics(
         assert sorted(k for _, k in kinds(web.accepted)) == ["opened", "opened"]
         r = await client.get("/v1/alerting/routes", headers=owner.auth)
         assert r.json()["configured"] and r.json()["labels"][0]["labels"] == {"service": "database"}
+
+
+async def test_readme_alerting_example_is_accepted(gateway: GatewayServer) -> None:
+    """The README's curl bodies, posted in order; placeholders take the ids just created."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- example: alerting -->\n```sh\n(.*?)```", text, re.S)
+    assert block is not None
+    ids: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        owner = await new_tenant(gateway, client, "acme")
+        for line in block.group(1).strip().splitlines():
+            call = re.fullmatch(r"curl -s (-X (\w+) )?localhost:8321(\S+) .* -d '(.*)'", line)
+            assert call is not None, line
+            body = call.group(4)
+            for placeholder, value in ids.items():
+                body = body.replace(f"<{placeholder}>", value)
+            r = await client.request(
+                call.group(2) or "POST", call.group(3), content=body, headers=owner.auth
+            )
+            assert r.status_code in (200, 201), (line, r.text)
+            name = json.loads(body).get("name", "")
+            if "hook" in name:
+                ids["hook channel id"] = r.json()["id"]
+            elif "slack" in name:
+                ids["slack channel id"] = r.json()["id"]
+            elif call.group(3).endswith("/policies"):
+                ids["policy id"] = r.json()["id"]
+        routes = (await client.get("/v1/alerting/routes", headers=owner.auth)).json()
+        assert routes["route"]["routes"][0]["policy"] == ids["policy id"]
