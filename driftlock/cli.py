@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import uvloop
 
@@ -119,7 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--plan", default="standard", help="rate-limit plan (default standard)")
     for field_name in ("nats_url", "prefix", "log_level"):
         _add_setting(create, field_name)
+    _add_cluster_commands(commands)
     return parser
+
+
+def _add_cluster_commands(commands: "argparse._SubParsersAction[Any]") -> None:
+    cluster = commands.add_parser("cluster", help="Inspect and steer a running cluster of nodes.")
+    actions = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    status = actions.add_parser(
+        "status",
+        help="Members, the owner of every partition, its lag and its last snapshot's age.",
+        description="Members, the owner of every partition, its lag and its last snapshot's age.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for field_name in ("nats_url", "prefix", "partitions", "member_ttl_s", "log_level"):
+        _add_setting(status, field_name)
+    for name, text in [
+        ("drain", "Hand off every partition of NODE and give it none until `undrain`."),
+        ("undrain", "Let NODE take its share of partitions again."),
+    ]:
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("node", metavar="NODE", help="the node's --node-id")
+        for field_name in ("nats_url", "prefix", "replicas", "log_level"):
+            _add_setting(action, field_name)
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
@@ -137,6 +160,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command_args = {"command", "admin_command", "tenant", "owner_email", "plan"}
+    command_args |= {"cluster_command", "node", "json"}
     overrides = {k: v for k, v in vars(args).items() if k not in command_args and v is not None}
     try:
         settings = load_settings(**overrides)
@@ -149,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "admin":
         return _create_tenant(settings, args.tenant, args.owner_email, args.plan)
+    if args.command == "cluster":
+        return _cluster(settings, args.cluster_command, args)
     return _run_service(args.command, settings)
 
 
@@ -162,6 +188,21 @@ def _create_tenant(settings: Settings, tenant: str, owner_email: str, plan: str)
         return 1
     print(f"tenant   {creds.tenant}\nemail    {creds.email}\npassword {creds.password}")
     print("(the password is shown once; log in with POST /v1/auth/token)")
+    return 0
+
+
+def _cluster(settings: Settings, action: str, args: argparse.Namespace) -> int:
+    from driftlock.cluster.operator import set_draining, show_status
+
+    try:
+        if action == "status":
+            print(uvloop.run(show_status(settings, as_json=args.json)))
+        else:
+            uvloop.run(set_draining(settings, args.node, drain=action == "drain"))
+            print(f"{args.node}: {'draining' if action == 'drain' else 'taking partitions'}")
+    except (DriftLockError, OSError, TimeoutError) as exc:
+        print(f"driftlock: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -61,3 +61,12 @@ class Membership:
                 continue
             weights[record.id] = record.weight
         return {node: 0.0 if self.draining(node) else w for node, w in weights.items()}
+
+
+async def request_drain(drains: KeyValue, node_id: str, *, drain: bool) -> None:
+    """`driftlock cluster drain|undrain`: the node hands off everything it owns (or takes
+    its share again) at its next heartbeat."""
+    if drain:
+        await drains.put(node_id, _encoder.encode(DrainRecord(requested_at=time.time())))
+    else:
+        await drains.delete(node_id)

@@ -62,10 +62,12 @@ class Snapshots:
         self._js, self._bucket, self._replicas = js, bucket, replicas
         self._store: ObjectStore | None = None
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         try:
             self._store = await self._js.object_store(self._bucket)
         except BucketNotFoundError:
+            if not create:
+                raise
             config = ObjectStoreConfig(
                 bucket=self._bucket,
                 description="DriftLock partition snapshots",
