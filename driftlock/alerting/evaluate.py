@@ -11,9 +11,8 @@ import msgspec
 from driftlock.alerting.config import EscalationStep
 from driftlock.alerting.incident import Incident
 from driftlock.alerting.lifecycle import advance
-from driftlock.alerting.store import AlertingStore
+from driftlock.alerting.store import AlertingStore, Keyed
 from driftlock.alerting.suppress import inhibited_by, maintenance_by, silenced_by
-from driftlock.gateway.kvcache import KvCache
 
 T = TypeVar("T")
 
@@ -21,7 +20,7 @@ _codec = msgspec.json.Decoder(Incident)
 _encoder = msgspec.json.Encoder()
 
 
-def _by_tenant(cache: KvCache[T]) -> dict[str, list[T]]:
+def _by_tenant(cache: Keyed[T]) -> dict[str, list[T]]:
     index: dict[str, list[T]] = defaultdict(list)
     for key, value in cache.items():
         index[key.split(".", 1)[0]].append(value)

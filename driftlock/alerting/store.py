@@ -5,8 +5,8 @@ Keys are `<tenant>.<id>`; the tenant always comes first, so a tenant's keys shar
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
@@ -24,11 +24,13 @@ from driftlock.alerting.config import (
 )
 from driftlock.alerting.incident import Incident
 from driftlock.alerting.records import ChannelHealth, DeadLetter
+from driftlock.alerting.watched import Watched
 from driftlock.gateway.kvcache import KvCache
 
 log = logging.getLogger("driftlock.alerting")
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 WEEK_S = 7 * 86400.0
 CAS_ATTEMPTS = 50
 
@@ -37,7 +39,13 @@ class ConflictError(Exception):
     """A compare-and-set lost too many races in a row."""
 
 
-def tenant_values(cache: KvCache[T], tenant: str) -> list[T]:
+class Keyed(Protocol[T_co]):
+    """A watched bucket: KvCache or Watched."""
+
+    def items(self) -> Iterator[tuple[str, T_co]]: ...
+
+
+def tenant_values(cache: Keyed[T], tenant: str) -> list[T]:
     prefix = f"{tenant}."
     return [v for k, v in cache.items() if k.startswith(prefix)]
 
@@ -51,7 +59,7 @@ class AlertingStore:
         self.silences: KvCache[Silence]
         self.windows: KvCache[MaintenanceWindow]
         self.inhibitions: KvCache[Inhibition]
-        self.incidents: KvCache[Incident]
+        self.incidents: Watched[Incident]
         self.health: KvCache[ChannelHealth]
         self.dead_letters: KvCache[DeadLetter]
         self.nflog: KeyValue
@@ -68,7 +76,7 @@ class AlertingStore:
         self.silences = KvCache(await b("silences"), Silence)
         self.windows = KvCache(await b("windows"), MaintenanceWindow)
         self.inhibitions = KvCache(await b("inhibitions"), Inhibition)
-        self.incidents = KvCache(await b("incidents", self._retention_s), Incident)
+        self.incidents = Watched(await b("incidents", self._retention_s), Incident)
         self.health = KvCache(await b("health"), ChannelHealth)
         self.dead_letters = KvCache(await b("deadletters", self._retention_s), DeadLetter)
         self.nflog = await b("nflog", self._retention_s)
@@ -78,7 +86,7 @@ class AlertingStore:
         self.link_key = await self._link_key()
 
     @property
-    def caches(self) -> list[KvCache[Any]]:
+    def caches(self) -> list[KvCache[Any] | Watched[Incident]]:
         return [
             self.channels,
             self.routing,
@@ -120,8 +128,22 @@ class AlertingStore:
         assert entry.value is not None
         return bytes.fromhex(entry.value.decode())
 
-    def tenant_incidents(self, tenant: str) -> list[Incident]:
-        return tenant_values(self.incidents, tenant)
+    def _cached(self, key: str) -> tuple[int | None, Incident | None]:
+        found = self.incidents.versioned(key)
+        if found is None:
+            return None, None
+        value = found.value
+        # A private copy: `change` mutates what it is given.
+        copy = self._incident_codec.decode(self._encoder.encode(value)) if value else None
+        return found.revision, copy
+
+    async def _read(self, key: str) -> tuple[int | None, Incident | None]:
+        try:
+            entry = await self.incidents.kv.get(key)
+        except KeyNotFoundError:
+            return None, None
+        assert entry.value is not None
+        return entry.revision, self._incident_codec.decode(entry.value)
 
     async def mutate_incident(
         self, key: str, change: Callable[[Incident | None], Incident | None]
@@ -130,16 +152,17 @@ class AlertingStore:
         returns the new one, or None for "nothing to do". Whichever worker loses a race
         re-reads and decides again, so a change is recorded once however many try."""
         kv = self.incidents.kv
-        for _ in range(CAS_ATTEMPTS):
-            try:
-                entry = await kv.get(key)
-                assert entry.value is not None
-                revision: int | None = entry.revision
-                current: Incident | None = self._incident_codec.decode(entry.value)
-            except KeyNotFoundError:
-                revision, current = None, None
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt == 0:
+                # Optimistic first try from the watched copy (value and revision of the same
+                # watch event): saves the read round trip unless someone wrote since.
+                revision, current = self._cached(key)
+            else:
+                revision, current = await self._read(key)
             updated = change(current)
             if updated is None:
+                if attempt == 0:
+                    continue  # decided on a possibly stale copy: decide again on a fresh read
                 return current
             try:
                 if revision is None:

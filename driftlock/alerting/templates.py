@@ -1,10 +1,11 @@
 """Notification text from Jinja2 templates in a sandbox (a tenant's template can read the
 incident but cannot reach Python internals), with defaults that read well in each medium."""
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 MAX_OUTPUT = 40_000
@@ -55,6 +56,12 @@ def _environment() -> SandboxedEnvironment:
 _ENV = _environment()
 
 
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str) -> Template:
+    """Compiling costs far more than rendering; channels reuse a handful of templates."""
+    return _ENV.from_string(source)
+
+
 def syntax_error(source: str) -> str | None:
     """None when the template compiles, else what is wrong and on which line."""
     try:
@@ -72,7 +79,7 @@ def render(source: str | None, default: str, context: dict[str, Any]) -> str:
         if candidate is None:
             continue
         try:
-            text = _ENV.from_string(candidate).render(context)
+            text = _compiled(candidate).render(context)
         except Exception:
             if candidate is default:
                 raise
