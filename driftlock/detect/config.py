@@ -9,7 +9,8 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     warmup: int = 64
     """Points before a stream is scored at all."""
     threshold: float = 0.5
-    """Anomaly when score ≥ threshold: the sensitivity. The score is `e / (e + SCORE_HALF)`, e
+    """Anomaly when score ≥ threshold (tenants tune per metric with a sensitivity instead, see
+    `driftlock.detect.tuning`). The score is `e / (e + SCORE_HALF)`, e
     being how far the detectors' calibrated surprise exceeds what came before it in the
     refractory period (see `driftlock.detect.ensemble`); 0.5 means e = SCORE_HALF."""
     quantile: float = 0.999
