@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "--data-dir), one node, the alerter and the HTTP gateway. On first start it creates tenant "
         "'default' with an owner and prints the credentials once. Prints the NATS and "
         "gateway URLs and examples.",
-        (*COMMON, "nats_host", "nats_port", *NODE, *GATEWAY, *ALERTER),
+        (*COMMON, "nats_host", "nats_port", "cluster", *NODE, *GATEWAY, *ALERTER),
     ),
     "gateway": (
         "Run the HTTP gateway against an existing NATS server (--nats-url). Stateless: run "

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     max_concurrent_moves: int = Field(
         4, ge=1, le=1024, description="partitions a node hands off or takes at the same time"
     )
+    cluster: int = Field(
+        1,
+        ge=1,
+        le=7,
+        description="`up` only: nats-servers in the managed cluster on loopback (client "
+        "ports from --nats-port on); 3 or more also gives streams and buckets 3 replicas",
+    )
     replicas: int = Field(
         1, ge=1, le=5, description="replicas of streams, buckets and snapshots (3 on a cluster)"
     )

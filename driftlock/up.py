@@ -8,6 +8,7 @@ import socket
 
 from driftlock.actors.node import Node
 from driftlock.alerting.service import Alerter, config_from
+from driftlock.bus.nats_cluster import ManagedNatsCluster
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import ConfigError
@@ -31,18 +32,34 @@ def check_port_free(host: str, port: int) -> None:
             raise
 
 
-async def run_up(settings: Settings, stop: asyncio.Event) -> None:
-    check_port_free(settings.nats_host, settings.nats_port)
-    subjects = Subjects(settings.prefix)
-    server = ManagedNatsServer(
-        base_dir=settings.data_dir.resolve() / "nats",
+def managed_nats(settings: Settings, subjects: Subjects) -> ManagedNatsServer | ManagedNatsCluster:
+    for i in range(settings.cluster):
+        check_port_free(settings.nats_host, settings.nats_port + i if settings.nats_port > 0 else 0)
+    base_dir = settings.data_dir.resolve() / "nats"
+    if settings.cluster == 1:
+        return ManagedNatsServer(
+            base_dir=base_dir,
+            subjects=subjects,
+            partitions=settings.partitions,
+            host=settings.nats_host,
+            port=settings.nats_port,
+        )
+    return ManagedNatsCluster(
+        base_dir=base_dir,
         subjects=subjects,
         partitions=settings.partitions,
+        size=settings.cluster,
         host=settings.nats_host,
-        port=settings.nats_port,
+        first_port=settings.nats_port,
     )
+
+
+async def run_up(settings: Settings, stop: asyncio.Event) -> None:
+    subjects = Subjects(settings.prefix)
+    server = managed_nats(settings, subjects)
     url = await server.start()
-    running = settings.model_copy(update={"nats_url": url})
+    replicas = max(settings.replicas, min(settings.cluster, 3))
+    running = settings.model_copy(update={"nats_url": url, "replicas": replicas})
     try:
         node = Node(running)
         await node.start()
@@ -92,6 +109,7 @@ def banner(url: str, subjects: Subjects, metrics_port: int | None, settings: Set
         f"http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_port else "disabled"
     )
     ingest = subjects.ingest("default", "cpu")
+    first = url.split(",")[0]  # any server of a cluster will do for the examples
     return f"""
 DriftLock is running (Ctrl-C stops it).
   NATS      {url}
@@ -102,7 +120,7 @@ Publish a point (JSON; a list of points is the fast path):
   .venv/bin/python - <<'EOF'
   import asyncio, nats
   async def main():
-      nc = await nats.connect("{url}")
+      nc = await nats.connect("{first}")
       await nc.publish("{ingest}", b'{{"value": 0.93}}')
       await nc.drain()
   asyncio.run(main())
@@ -112,7 +130,7 @@ Subscribe to anomalies:
   .venv/bin/python - <<'EOF'
   import asyncio, nats
   async def main():
-      nc = await nats.connect("{url}")
+      nc = await nats.connect("{first}")
       sub = await nc.subscribe("{subjects.anomaly_all}")
       async for msg in sub.messages:
           print(msg.subject, msg.data.decode())

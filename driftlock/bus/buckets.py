@@ -1,4 +1,4 @@
-"""Open or create the cluster's KV buckets."""
+"""Open a JetStream KV bucket, creating it (with the given replicas) when it is missing."""
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType

@@ -22,8 +22,9 @@ async def _on_reconnected() -> None:
 
 
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
+    """`url` may list several servers of one cluster, separated by commas."""
     return await nats.connect(
-        url,
+        [u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driftlock.bus.nats_config import managed_server_config
+from driftlock.bus.nats_config import ClusterRoutes, managed_server_config
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import NatsServerError
 
@@ -56,6 +56,7 @@ class ManagedNatsServer:
     partitions: int
     host: str = "127.0.0.1"
     port: int = -1
+    cluster: ClusterRoutes | None = None
     url: str = ""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -80,6 +81,7 @@ class ManagedNatsServer:
                 host=self.host,
                 port=self.port,
                 store_dir=self.store_dir,
+                cluster=self.cluster,
             )
         )
         ports_dir = self.base_dir / "ports"

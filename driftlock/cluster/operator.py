@@ -6,7 +6,7 @@ import json
 import nats
 from nats.aio.client import Client
 
-from driftlock.cluster.buckets import key_value
+from driftlock.bus.buckets import key_value
 from driftlock.cluster.membership import request_drain
 from driftlock.cluster.status import cluster_status, format_status
 from driftlock.errors import ConfigError
@@ -22,7 +22,7 @@ async def _connect(url: str) -> Client:
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url,
+                [u.strip() for u in url.split(",") if u.strip()],
                 name="driftlock-cluster-cli",
                 connect_timeout=3,
                 allow_reconnect=False,

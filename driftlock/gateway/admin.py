@@ -11,7 +11,9 @@ async def create_tenant_once(
 ) -> Credentials:
     nc = await connect(settings.nats_url, name="driftlock-admin")
     try:
-        control = ControlPlane(nc.jetstream(), settings.prefix, settings.access_token_ttl_s)
+        control = ControlPlane(
+            nc.jetstream(), settings.prefix, settings.access_token_ttl_s, replicas=settings.replicas
+        )
         await control.start()
         try:
             return await create_tenant(control, tenant=tenant, owner_email=owner_email, plan=plan)

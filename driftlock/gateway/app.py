@@ -114,7 +114,7 @@ class GatewayApp:
         s = self.settings
         nc = await connect(s.nats_url, name=f"driftlock-gateway-{s.node_id}")
         js = nc.jetstream()
-        control = ControlPlane(js, s.prefix, s.access_token_ttl_s)
+        control = ControlPlane(js, s.prefix, s.access_token_ttl_s, replicas=s.replicas)
         await control.start()
         alerting = AlertingStore(js, s.prefix)
         await alerting.start()

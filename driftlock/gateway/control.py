@@ -7,10 +7,9 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from driftlock.bus.buckets import key_value
 from driftlock.detect.tuning import BUCKET as DETECTION_BUCKET
 from driftlock.detect.tuning import DetectionConfig
 from driftlock.gateway.kvcache import KvCache
@@ -64,8 +63,11 @@ def secret_hash(secret: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, js: JetStreamContext, prefix: str, access_ttl_s: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, prefix: str, access_ttl_s: float, *, replicas: int = 1
+    ) -> None:
         self._js, self._prefix, self._access_ttl_s = js, prefix, access_ttl_s
+        self._replicas = replicas
         self.tenants: KvCache[TenantRecord]
         self.users: KvCache[UserRecord]
         self.api_keys: KvCache[ApiKeyRecord]
@@ -111,13 +113,7 @@ class ControlPlane:
         return True
 
     async def _bucket(self, suffix: str, ttl: float | None = None) -> KeyValue:
-        name = self._name(suffix)
-        try:
-            return await self._js.key_value(name)
-        except BucketNotFoundError:
-            return await self._js.create_key_value(
-                KeyValueConfig(bucket=name, ttl=ttl, storage=StorageType.FILE, history=1)
-            )
+        return await key_value(self._js, self._name(suffix), replicas=self._replicas, ttl=ttl)
 
     async def _signing_key(self) -> str:
         """One HMAC secret shared by every gateway: the first to start creates it."""
