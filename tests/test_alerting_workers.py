@@ -12,10 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import msgspec
 from nats.aio.client import Client
 
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.gateway.server import GatewayServer
+from driftlock.wire.messages import json_encoder
 from tests.alerting_helpers import (
     alerter_config,
     http_receiver,
@@ -156,3 +158,34 @@ async def test_worker_killed_mid_send_is_taken_over_without_loss_or_duplicate(
         finally:
             first.ensure_stopped()
             second.ensure_stopped()
+
+
+async def test_bad_messages_on_the_stream_are_counted_and_skipped(
+    gateway: GatewayServer, nc: Client, nats_server: ManagedNatsServer
+) -> None:
+    async with (
+        http_receiver() as web,
+        httpx.AsyncClient(base_url=gateway.url, timeout=10) as client,
+        running_alerter(alerter_config(nats_server.url, gateway.url)) as alerter,
+    ):
+        owner = await new_tenant(gateway, client, "acme")
+        hook, _ = await webhook(client, owner.auth, f"{web.url}/hook")
+        await put(client, "/v1/alerting/routes", {
+            "route": {"channels": [hook], "group_wait_s": 0, "resolve_after_s": 60},
+        }, owner.auth)  # fmt: skip
+        js = nc.jetstream()
+        await js.publish("dl.x.anomaly.acme.junk", b"{not json")
+        await js.publish("dl.x.anomaly.acme.junk", b'{"id": 1}')
+        good = await publish_anomaly(nc, "acme", "good", 1)
+        bad_tenant = msgspec.structs.replace(good, id="x", tenant="no spaces allowed")
+        await js.publish("dl.x.anomaly.acme.bad", json_encoder.encode(bad_tenant))
+        await publish_anomaly(nc, "acme", "after", 2)
+
+        def both_good_ones() -> bool:
+            return len(web.accepted) == 2
+
+        await eventually(both_good_ones, timeout=10)
+        assert sorted(kinds(web.accepted)) == [("after", "opened"), ("good", "opened")]
+        rejects = alerter.metrics.rejects
+        assert rejects.labels("malformed")._value.get() == 2
+        assert rejects.labels("invalid_tenant")._value.get() == 1
