@@ -143,6 +143,12 @@ async def test_test_send_and_channel_health(gateway: GatewayServer) -> None:
             r = await client.post(f"/v1/alerting/channels/{dead['id']}/test", headers=owner.auth)
             assert r.status_code == 200
             assert not r.json()["delivered"] and "smtp 127.0.0.1" in r.json()["error"]
+            health = (
+                await client.get(f"/v1/alerting/channels/{dead['id']}", headers=owner.auth)
+            ).json()["health"]
+            assert health["state"] == "failing" and "smtp" in health["last_error"]
+            ok = (await client.get(f"/v1/alerting/channels/{hook}", headers=owner.auth)).json()
+            assert ok["health"]["state"] == "ok"
 
 
 async def test_retries_end_in_a_dead_letter_and_failing_health(

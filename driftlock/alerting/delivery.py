@@ -194,29 +194,7 @@ class Deliverer:
         return False
 
     async def _health(self, channel: Channel, error: str | None) -> None:
-        key = f"{channel.tenant}.{channel.id}"
-        old = self.store.health.get(key)
-        now = self.clock()
-        if error is None:
-            healthy = old is not None and old.state is HealthState.OK
-            if healthy and old and old.last_success_at and now - old.last_success_at < 60:
-                return  # spare KV a write per notification on a healthy channel
-            new = ChannelHealth(state=HealthState.OK, last_success_at=now)
-            if old is not None:
-                new.last_error, new.last_failure_at = old.last_error, old.last_failure_at
-        else:
-            failures = (old.consecutive_failures if old else 0) + 1
-            new = ChannelHealth(
-                state=HealthState.FAILING,
-                consecutive_failures=failures,
-                last_error=error[:500],
-                last_failure_at=now,
-                last_success_at=old.last_success_at if old else None,
-            )
-        try:
-            await self.store.health.put(key, new)
-        except Exception as exc:  # health is advisory; the send outcome is what matters
-            log.warning("could not record channel health", extra={"error": repr(exc)})
+        await record_health(self.store, channel, error, self.clock())
 
     async def _dead_letter(
         self, inc: Incident, change: Change, channel_id: str, reason: str, entry: LogEntry
@@ -234,3 +212,30 @@ class Deliverer:
         )
         log.warning("notification dead-lettered", extra={"reason": reason, "error": entry.error})
         await self.store.dead_letters.put(f"{inc.tenant}.{inc.id}-{change.n}-{channel_id}", record)
+
+
+async def record_health(
+    store: AlertingStore, channel: Channel, error: str | None, now: float
+) -> None:
+    """The channel's health after one attempt (None: it succeeded), for operators to see."""
+    key = f"{channel.tenant}.{channel.id}"
+    old = store.health.get(key)
+    if error is None:
+        healthy = old is not None and old.state is HealthState.OK
+        if healthy and old and old.last_success_at and now - old.last_success_at < 60:
+            return  # spare KV a write per notification on a healthy channel
+        new = ChannelHealth(state=HealthState.OK, last_success_at=now)
+        if old is not None:
+            new.last_error, new.last_failure_at = old.last_error, old.last_failure_at
+    else:
+        new = ChannelHealth(
+            state=HealthState.FAILING,
+            consecutive_failures=(old.consecutive_failures if old else 0) + 1,
+            last_error=error[:500],
+            last_failure_at=now,
+            last_success_at=old.last_success_at if old else None,
+        )
+    try:
+        await store.health.put(key, new)
+    except Exception as exc:  # health is advisory; the send outcome is what matters
+        log.warning("could not record channel health", extra={"error": repr(exc)})

@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse, Response
 
 from driftlock.alerting import config as cfg
 from driftlock.alerting import senders
-from driftlock.alerting.incident import Change, ChangeKind, Incident
+from driftlock.alerting.delivery import record_health
+from driftlock.alerting.incident import AnomalyRef, Change, ChangeKind, Incident
 from driftlock.alerting.matching import default_routing
 from driftlock.alerting.messages import context
 from driftlock.alerting.store import AlertingStore, tenant_values
@@ -155,19 +156,18 @@ async def test_channel(call: Call) -> Response:
     change = Change(n=0, kind=ChangeKind.OPENED, at=now, channels=[channel.id])
     ctx = context(sample, change, {"ack": "", "incident": ""})
     nid = f"{call.tenant}.test-{new_id()}.0.{channel.id}"
+    error = None
     try:
         async with httpx.AsyncClient(follow_redirects=False) as http:
             await senders.send(channel, ctx, nid, http, TEST_TIMEOUT_S)
     except senders.DeliveryError as exc:
-        return JSONResponse(TestResult(delivered=False, error=str(exc)).model_dump())
-    return JSONResponse(TestResult(delivered=True, error=None).model_dump())
+        error = str(exc)
+    await record_health(alerting(call), channel, error, time.time())
+    return JSONResponse(TestResult(delivered=error is None, error=error).model_dump())
 
 
 def _sample_incident(tenant: str, now: float) -> Incident:
-    from driftlock.alerting.config import RouteSettings
-    from driftlock.alerting.incident import AnomalyRef
-
-    route = RouteSettings(
+    route = cfg.RouteSettings(
         route="test", channels=(), policy=None, group_by=("metric",), group_wait_s=0,
         group_interval_s=0, repeat_interval_s=0, resolve_after_s=0, flap_window_s=0,
         flap_threshold=3,
