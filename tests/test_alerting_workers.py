@@ -42,7 +42,8 @@ async def test_two_workers_send_each_change_once(
         owner = await new_tenant(gateway, client, "acme")
         hook, secret = await webhook(client, owner.auth, f"{web.url}/hook")
         await put(client, "/v1/alerting/routes", {
-            "route": {"channels": [hook], "group_wait_s": 0.2, "resolve_after_s": 1.0},
+            # group_wait well above the time 40 publishes take on a loaded machine
+            "route": {"channels": [hook], "group_wait_s": 1.0, "resolve_after_s": 2.0},
         }, owner.auth)  # fmt: skip
         config = alerter_config(nats_server.url, gateway.url)
         async with running_alerter(config) as one, running_alerter(config) as two:

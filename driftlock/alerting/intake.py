@@ -1,0 +1,166 @@
+"""Anomalies into incidents: the durable pull consumer on DL_ANOMALIES that every alerting
+worker shares (each batch goes to one of them), routing, grouping, and one compare-and-set
+per incident per batch."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from driftlock.alerting.config import Defaults, RouteSettings
+from driftlock.alerting.evaluate import Evaluator
+from driftlock.alerting.incident import Incident, add_anomalies
+from driftlock.alerting.lifecycle import advance
+from driftlock.alerting.matching import (
+    anomaly_labels,
+    default_routing,
+    group_of,
+    incident_key,
+    resolve_routes,
+)
+from driftlock.alerting.metrics import AlertMetrics
+from driftlock.alerting.store import AlertingStore, tenant_values
+from driftlock.bus.subjects import Subjects
+from driftlock.ids import is_valid_tenant
+from driftlock.wire.messages import Anomaly
+
+log = logging.getLogger("driftlock.alerting")
+
+DURABLE = "ALERTER"
+Batch = list[tuple[Anomaly, dict[str, str]]]
+Routed = tuple[str, RouteSettings, dict[str, str], dict[str, str]]
+
+
+@dataclass
+class Intake:
+    nc: Client
+    store: AlertingStore
+    subjects: Subjects
+    metrics: AlertMetrics
+    clock: Callable[[], float]
+    on_incident: Callable[[Incident], None]
+    """called with each incident a batch changed, to start its notifications at once"""
+    fetch_batch: int = 256
+    defaults: Defaults = field(default_factory=Defaults)
+
+    def __post_init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(Anomaly)
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        consumer = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=50_000,
+            # A new alerting deployment starts with what is detected from now on rather
+            # than paging for a month of stored anomalies.
+            deliver_policy=DeliverPolicy.NEW,
+            filter_subject=self.subjects.anomaly_store_all,
+        )
+        return await self.nc.jetstream().pull_subscribe(
+            self.subjects.anomaly_store_all,
+            durable=DURABLE,
+            stream=self.subjects.anomalies_stream,
+            config=consumer,
+        )
+
+    async def first_subscription(self) -> JetStreamContext.PullSubscription | None:
+        """Subscribed before start() returns, so nothing stored after it is missed; None
+        when the node has not created DL_ANOMALIES yet (the consumer task waits for it)."""
+        try:
+            return await self._subscribe()
+        except Exception as exc:
+            log.info("anomaly stream not there yet", extra={"error": repr(exc)})
+            return None
+
+    async def run(self, sub: JetStreamContext.PullSubscription | None) -> None:
+        while sub is None:
+            await asyncio.sleep(1.0)
+            sub = await self.first_subscription()
+        while True:
+            try:
+                msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            await self._apply_batch(msgs)
+
+    async def _apply_batch(self, msgs: list[Msg]) -> None:
+        """Group the batch by incident, apply each group in one compare-and-set, then ack
+        everything; on failure nak it all (re-applying is a no-op for anomalies already
+        recorded: incidents remember the ids they saw)."""
+        now = self.clock()
+        groups: dict[str, tuple[RouteSettings, dict[str, str], Batch]] = {}
+        for msg in msgs:
+            anomaly = self._decode(msg)
+            if anomaly is None:
+                continue
+            for key, route, group, labels in self._route(anomaly):
+                groups.setdefault(key, (route, group, []))[2].append((anomaly, labels))
+        results = await asyncio.gather(
+            *(self._absorb(key, *value, now) for key, value in groups.items()),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await (msg.nak(delay=1.0) if failed else msg.ack())
+        if failed:
+            log.warning("applying anomalies failed; redelivering", extra={"error": repr(failed[0])})
+
+    def _decode(self, msg: Msg) -> Anomaly | None:
+        try:
+            anomaly = self._decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            self.metrics.rejects.labels("malformed").inc()
+            return None
+        if not is_valid_tenant(anomaly.tenant):
+            self.metrics.rejects.labels("invalid_tenant").inc()
+            return None
+        return anomaly
+
+    def _route(self, a: Anomaly) -> list[Routed]:
+        store = self.store
+        routing = store.routing.get(a.tenant)
+        if routing is None:
+            channels = [c.id for c in tenant_values(store.channels, a.tenant)]
+            if not channels:
+                self.metrics.anomalies.labels("unrouted").inc()
+                return []
+            routing = default_routing(channels)
+        labels = anomaly_labels(a, routing.labels)
+        out: list[Routed] = []
+        for route in resolve_routes(routing, labels, a.score, self.defaults):
+            group = group_of(route, labels)
+            out.append((f"{a.tenant}.{incident_key(a.tenant, route, group)}", route, group, labels))
+        self.metrics.anomalies.labels("routed").inc()
+        return out
+
+    async def _absorb(
+        self, key: str, route: RouteSettings, group: dict[str, str], batch: Batch, now: float
+    ) -> None:
+        evaluator = Evaluator(self.store, now)
+        slot = key.split(".", 1)[1]
+
+        def change(current: Incident | None) -> Incident | None:
+            inc = add_anomalies(current, slot, route, group, batch, now)
+            if inc is not None:
+                # group_wait 0 notifies now, not at the next tick
+                advance(inc, now, evaluator.suppressed(inc), evaluator.steps(inc))
+            return inc
+
+        inc = await self.store.mutate_incident(key, change)
+        if inc is not None:
+            self.on_incident(inc)
