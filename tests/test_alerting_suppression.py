@@ -222,3 +222,27 @@ async def test_flapping_stream_becomes_one_held_incident(setup: Setup) -> None:
     held = incidents[0]
     assert held["status"] == "open" and held["flapping"] and held["occurrence"] == 1
     assert held["anomaly_count"] == 6
+
+
+async def test_time_window_correlation_joins_metrics_into_one_incident(setup: Setup) -> None:
+    s = setup
+    hook, _ = await webhook(s.client, s.owner.auth, f"{s.web.url}/hook")
+    await put(s.client, "/v1/alerting/routes", {
+        "route": {"channels": [hook], "group_wait_s": 1.5, "resolve_after_s": 60, "routes": [
+            {"match": {"metric": "shop:*"}, "correlate_s": 30}]},
+    }, s.owner.auth)  # fmt: skip
+    for seq, metric in enumerate(["shop:checkout", "shop:cart", "other:x", "shop:search"]):
+        await publish_anomaly(s.nc, "acme", metric, seq)
+        await asyncio.sleep(0.2)
+
+    def notified() -> bool:
+        return len(s.web.accepted) == 2
+
+    await eventually(notified, timeout=5)
+    await asyncio.sleep(0.5)
+    incidents = await s.incidents()
+    by_first = {str(i["metrics"][0]): i for i in incidents}  # type: ignore[index]
+    assert set(by_first) == {"shop:checkout", "other:x"}
+    assert by_first["shop:checkout"]["metrics"] == ["shop:checkout", "shop:cart", "shop:search"]
+    opened = [r.json() for r in s.web.accepted]
+    assert sorted(o["incident"]["anomaly_count"] for o in opened) == [1, 3]

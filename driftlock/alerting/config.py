@@ -74,6 +74,7 @@ class Route(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"continue_
     resolve_after_s: float | None = None
     flap_window_s: float | None = None
     flap_threshold: int | None = None
+    correlate_s: float | None = None
     continue_: bool = False
     routes: list["Route"] = msgspec.field(default_factory=list)
 
@@ -154,6 +155,7 @@ class Defaults(msgspec.Struct, frozen=True, kw_only=True):
     resolve_after_s: float = 900.0
     flap_window_s: float = 3600.0
     flap_threshold: int = 3
+    correlate_s: float = 0.0
 
 
 class RouteSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,3 +172,6 @@ class RouteSettings(msgspec.Struct, frozen=True, kw_only=True):
     resolve_after_s: float
     flap_window_s: float
     flap_threshold: int
+    correlate_s: float = 0.0
+    """> 0: an anomaly whose own group has no open incident joins the route's incident that
+    saw an anomaly within this many seconds (time-window correlation across groups)"""

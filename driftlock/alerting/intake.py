@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from driftlock.alerting.config import Defaults, RouteSettings
 from driftlock.alerting.evaluate import Evaluator
-from driftlock.alerting.incident import Incident, add_anomalies
+from driftlock.alerting.incident import Incident, Status, add_anomalies
 from driftlock.alerting.lifecycle import advance
 from driftlock.alerting.matching import (
     anomaly_labels,
@@ -103,11 +103,12 @@ class Intake:
         recorded: incidents remember the ids they saw)."""
         now = self.clock()
         groups: dict[str, tuple[RouteSettings, dict[str, str], Batch]] = {}
+        correlator = Correlator(self.store, now)
         for msg in msgs:
             anomaly = self._decode(msg)
             if anomaly is None:
                 continue
-            for key, route, group, labels in self._route(anomaly):
+            for key, route, group, labels in self._route(anomaly, correlator):
                 groups.setdefault(key, (route, group, []))[2].append((anomaly, labels))
         results = await asyncio.gather(
             *(self._absorb(key, *value, now) for key, value in groups.items()),
@@ -131,7 +132,7 @@ class Intake:
             return None
         return anomaly
 
-    def _route(self, a: Anomaly) -> list[Routed]:
+    def _route(self, a: Anomaly, correlator: "Correlator") -> list[Routed]:
         store = self.store
         routing = store.routing.get(a.tenant)
         if routing is None:
@@ -144,7 +145,10 @@ class Intake:
         out: list[Routed] = []
         for route in resolve_routes(routing, labels, a.score, self.defaults):
             group = group_of(route, labels)
-            out.append((f"{a.tenant}.{incident_key(a.tenant, route, group)}", route, group, labels))
+            key = f"{a.tenant}.{incident_key(a.tenant, route, group)}"
+            if route.correlate_s > 0:
+                key, group = correlator.join(a.tenant, route, key, group)
+            out.append((key, route, group, labels))
         self.metrics.anomalies.labels("routed").inc()
         return out
 
@@ -164,3 +168,40 @@ class Intake:
         inc = await self.store.mutate_incident(key, change)
         if inc is not None:
             self.on_incident(inc)
+
+
+class Correlator:
+    """Time-window correlation for one batch: an anomaly whose own group has no open
+    incident joins the most recently active open incident of the same route and tenant, if
+    that saw an anomaly within the route's `correlate_s`. Incidents the batch opens count
+    too, so anomalies of several metrics arriving together become one incident."""
+
+    def __init__(self, store: AlertingStore, now: float) -> None:
+        self.store, self.now = store, now
+        self._open: dict[tuple[str, str], list[tuple[str, Incident]]] | None = None
+        self._new: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+
+    def join(
+        self, tenant: str, route: RouteSettings, key: str, group: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        own = self.store.incidents.get(key)
+        if own is not None and own.status is not Status.RESOLVED:
+            return key, group
+        slot = (tenant, route.route)
+        candidates = [
+            (k, inc)
+            for k, inc in self._index().get(slot, [])
+            if self.now - inc.last_anomaly_at <= route.correlate_s
+        ]
+        if candidates:
+            k, inc = max(candidates, key=lambda item: item[1].last_anomaly_at)
+            return k, inc.group
+        return self._new.setdefault(slot, (key, group))
+
+    def _index(self) -> dict[tuple[str, str], list[tuple[str, Incident]]]:
+        if self._open is None:
+            self._open = {}
+            for k, inc in self.store.incidents.items():
+                if inc.status is not Status.RESOLVED:
+                    self._open.setdefault((inc.tenant, inc.route.route), []).append((k, inc))
+        return self._open

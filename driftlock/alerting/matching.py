@@ -90,6 +90,7 @@ def _settings(
         ),
         resolve_after_s=_f(r.resolve_after_s, p.resolve_after_s if p else defaults.resolve_after_s),
         flap_window_s=_f(r.flap_window_s, p.flap_window_s if p else defaults.flap_window_s),
+        correlate_s=_f(r.correlate_s, p.correlate_s if p else defaults.correlate_s),
         flap_threshold=int(
             r.flap_threshold
             if r.flap_threshold is not None

@@ -130,6 +130,11 @@ class RouteIn(Strict):
     resolve_after_s: Duration | None = None
     flap_window_s: Duration | None = None
     flap_threshold: int | None = Field(default=None, ge=2, le=100)
+    correlate_s: Duration | None = Field(
+        default=None,
+        description="join an anomaly whose group has no open incident to the route's incident "
+        "that saw an anomaly within this many seconds",
+    )
     continue_: bool = Field(default=False, alias="continue")
     routes: list["RouteIn"] = Field(default_factory=list, max_length=50)
 
