@@ -113,12 +113,14 @@ class _Mailbox:
 class SmtpServer:
     """aiosmtpd on a free port, in its own thread (as aiosmtpd runs it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **smtp_parameters: Any) -> None:
         self.mailbox = _Mailbox()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self._controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            self.mailbox, hostname="127.0.0.1", port=self.port, **smtp_parameters
+        )
 
     @property
     def messages(self) -> list[Message]:
@@ -199,8 +201,8 @@ async def http_receiver(**kwargs: Any) -> AsyncIterator[HttpReceiver]:
 
 
 @contextlib.contextmanager
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer()
+def smtp_server(**smtp_parameters: Any) -> Iterator[SmtpServer]:
+    server = SmtpServer(**smtp_parameters)
     server.start()
     try:
         yield server

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from aiosmtpd.smtp import AuthResult
 from nats.aio.client import Client
 
 from driftlock.bus.server import ManagedNatsServer
@@ -260,3 +262,35 @@ async def test_readme_alerting_example_is_accepted(gateway: GatewayServer) -> No
                 ids["policy id"] = r.json()["id"]
         routes = (await client.get("/v1/alerting/routes", headers=owner.auth)).json()
         assert routes["route"]["routes"][0]["policy"] == ids["policy id"]
+
+
+def _only_alerts(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = auth_data.login == b"alerts" and auth_data.password == b"s3cret"
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_smtp_login_and_a_refused_one(gateway: GatewayServer) -> None:
+    """SMTP AUTH against a server that requires it (over plain TCP here: no certificates in
+    the test; STARTTLS uses the same client path with `starttls: true`)."""
+    with smtp_server(
+        authenticator=_only_alerts, auth_required=True, auth_require_tls=False
+    ) as smtp:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as client:
+            owner = await new_tenant(gateway, client, "acme")
+            base = {"type": "email", "host": "127.0.0.1", "port": smtp.port, "starttls": False,
+                    "from_addr": "d@acme.example", "to": ["o@acme.example"],
+                    "username": "alerts"}  # fmt: skip
+            good = await post(client, "/v1/alerting/channels", {
+                "name": "ok", "config": {**base, "password": "s3cret"}}, owner.auth)  # fmt: skip
+            bad = await post(client, "/v1/alerting/channels", {
+                "name": "bad", "config": {**base, "password": "wrong"}}, owner.auth)  # fmt: skip
+            assert good["config"]["password"] == "********"
+            r = await client.post(f"/v1/alerting/channels/{good['id']}/test", headers=owner.auth)
+            assert r.json() == {"delivered": True, "error": None}
+            assert len(smtp.messages) == 1
+            r = await client.post(f"/v1/alerting/channels/{bad['id']}/test", headers=owner.auth)
+            assert not r.json()["delivered"] and "login refused" in r.json()["error"]
+            assert len(smtp.messages) == 1

@@ -68,6 +68,9 @@ async def _email(cfg: EmailConfig, ctx: dict[str, Any], nid: str, timeout: float
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         raise DeliveryError(f"smtp: recipients refused: {exc}", retryable=False) from None
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise DeliveryError(f"smtp {cfg.host}:{cfg.port}: login refused: {exc}",
+                            retryable=False) from None  # fmt: skip
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise DeliveryError(f"smtp {cfg.host}:{cfg.port}: {exc}") from None
 
