@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from driftlock.alerting.config import Defaults, RouteSettings
 from driftlock.alerting.evaluate import Evaluator
@@ -49,9 +50,11 @@ class Intake:
     """called with each incident a batch changed, to start its notifications at once"""
     fetch_batch: int = 256
     defaults: Defaults = field(default_factory=Defaults)
+    consumer_check_s: float = 30.0
 
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(Anomaly)
+        self._last_seq = 0
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         consumer = ConsumerConfig(
@@ -60,10 +63,14 @@ class Intake:
             ack_wait=30.0,
             max_ack_pending=50_000,
             # A new alerting deployment starts with what is detected from now on rather
-            # than paging for a month of stored anomalies.
+            # than paging for a month of stored anomalies; a consumer lost under a running
+            # alerter is recreated from the message after the last one it saw.
             deliver_policy=DeliverPolicy.NEW,
             filter_subject=self.subjects.anomaly_store_all,
         )
+        if self._last_seq:
+            consumer.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            consumer.opt_start_seq = self._last_seq + 1
         return await self.nc.jetstream().pull_subscribe(
             self.subjects.anomaly_store_all,
             durable=DURABLE,
@@ -81,21 +88,45 @@ class Intake:
             return None
 
     async def run(self, sub: JetStreamContext.PullSubscription | None) -> None:
-        while sub is None:
-            await asyncio.sleep(1.0)
-            sub = await self.first_subscription()
+        idle = 0.0
         while True:
+            if sub is None:
+                await asyncio.sleep(1.0)
+                sub = await self.first_subscription()
+                continue
             try:
                 msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
             except TimeoutError:
+                idle += 1.0
+                if idle >= self.consumer_check_s:
+                    idle = 0.0
+                    sub = await self._check_consumer(sub)
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
+                sub = await self._check_consumer(sub)
                 continue
+            idle = 0.0
             await self._apply_batch(msgs)
+
+    async def _check_consumer(
+        self, sub: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription | None:
+        """A pull on a deleted consumer just times out, so a quiet stream is checked now and
+        then; a missing consumer is created again (None: retry soon)."""
+        try:
+            await self.nc.jetstream().consumer_info(self.subjects.anomalies_stream, DURABLE)
+        except NotFoundError:
+            log.warning("the alerting consumer is gone; creating it again")
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return await self.first_subscription()
+        except Exception as exc:  # NATS unreachable: the next fetch will tell
+            log.info("could not check the alerting consumer", extra={"error": repr(exc)})
+        return sub
 
     async def _apply_batch(self, msgs: list[Msg]) -> None:
         """Group the batch by incident, apply each group in one compare-and-set, then ack
@@ -118,6 +149,8 @@ class Intake:
         for msg in msgs:
             with contextlib.suppress(Exception):
                 await (msg.nak(delay=1.0) if failed else msg.ack())
+        if not failed and msgs:
+            self._last_seq = max(self._last_seq, *(m.metadata.sequence.stream for m in msgs))
         if failed:
             log.warning("applying anomalies failed; redelivering", extra={"error": repr(failed[0])})
 

@@ -47,6 +47,7 @@ class AlerterConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = -1
     defaults: Defaults = field(default_factory=Defaults)
+    consumer_check_s: float = 30.0
 
 
 class Alerter:
@@ -93,7 +94,7 @@ class Alerter:
         self._start_metrics_server()
         intake = Intake(
             nc, store, self.subjects, self.metrics, self.clock, self._schedule,
-            fetch_batch=c.fetch_batch, defaults=c.defaults,
+            fetch_batch=c.fetch_batch, defaults=c.defaults, consumer_check_s=c.consumer_check_s,
         )  # fmt: skip
         sub = await intake.first_subscription()
         self._tasks = [
