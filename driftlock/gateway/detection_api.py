@@ -44,9 +44,8 @@ class DetectionIn(Strict):
 
 
 def _document(config: DetectionConfig) -> dict[str, Any]:
+    """Every field, absent conditions as null."""
     out: dict[str, Any] = msgspec.to_builtins(config)
-    # Absent conditions are omitted in storage; the API always shows every field.
-    out["rules"] = [RuleIn.model_validate(rule).model_dump() for rule in out["rules"]]
     return out
 
 
