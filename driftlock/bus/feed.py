@@ -19,9 +19,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 log = logging.getLogger("driftlock.feed")
+
+CREATE_TIMEOUTS_S = (1.0, 1.0, 1.0, 2.0, 2.0, 5.0)
 
 _pull_encoder = msgspec.json.Encoder()
 
@@ -103,7 +105,7 @@ class PartitionFeed:
             inactive_threshold=60.0,
             max_waiting=16,
         )
-        info = await self._js.add_consumer(self._stream, config)
+        info = await self._create(config)
         assert info.name is not None
         self._consumer = info.name
         self._next_cseq = 1
@@ -113,6 +115,17 @@ class PartitionFeed:
         # A fresh inbox per consumer, so stragglers of an old consumer never mix in.
         self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._on_message)
         await self._top_up()
+
+    async def _create(self, config: ConsumerConfig) -> ConsumerInfo:
+        """Short timeouts, several tries: on a cluster that lost a server, nats-server 2.9
+        still places about half of new ephemeral consumers on the dead peer, and those
+        requests never get an answer, while the others succeed at once."""
+        for timeout in CREATE_TIMEOUTS_S[:-1]:
+            try:
+                return await self._js.add_consumer(self._stream, config, timeout=timeout)
+            except TimeoutError:
+                log.info("consumer creation timed out; retrying", extra={"filter": self._filter})
+        return await self._js.add_consumer(self._stream, config, timeout=CREATE_TIMEOUTS_S[-1])
 
     async def _close_consumer(self) -> None:
         sub, self._sub = self._sub, None

@@ -27,6 +27,9 @@ from driftlock.state.store import StateStore
 
 log = logging.getLogger("driftlock.cluster")
 
+MIN_BEAT_INTERVAL_S = 0.05
+MOVE_RETRY_S = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
@@ -56,6 +59,7 @@ class Coordinator:
         self._membership, self._leases, self._snapshots = membership, leases, snapshots
         self._metrics = metrics
         self._moving: dict[int, asyncio.Task[None]] = {}
+        self._retry_after: dict[int, float] = {}
         self._snapshotted: dict[int, PartitionLoad] = {}
         self._snapshotter: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -109,6 +113,8 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.heartbeat_s)
             self._wake.clear()
+            # Changes come in bursts (a node leaving frees many leases): gather them.
+            await asyncio.sleep(MIN_BEAT_INTERVAL_S)
 
     async def _beat(self) -> None:
         if self._closing:
@@ -140,13 +146,22 @@ class Coordinator:
                 self._move(partition, self._acquire(partition))
 
     def _may_take(self, partition: int) -> bool:
-        state = self._leases.state(partition)
-        return state is not LeaseState.TAKEN
+        if time.monotonic() < self._retry_after.get(partition, 0.0):
+            return False
+        return self._leases.state(partition) is not LeaseState.TAKEN
 
     def _move(self, partition: int, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work, name=f"move-{partition}")
+        task = asyncio.create_task(self._guarded(partition, work), name=f"move-{partition}")
         self._moving[partition] = task
         task.add_done_callback(lambda _: self._moved(partition))
+
+    async def _guarded(self, partition: int, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            # NATS unreachable or electing leaders: try this partition again a little later.
+            self._retry_after[partition] = time.monotonic() + MOVE_RETRY_S
+            log.warning("partition move failed", extra={"partition": partition, "error": repr(exc)})
 
     def _moved(self, partition: int) -> None:
         self._moving.pop(partition, None)

@@ -1,0 +1,92 @@
+"""DriftLock on a 3-server NATS cluster with streams and buckets at 3 replicas: killing one
+server during ingest loses nothing; processing carries on on the other two."""
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from driftlock.bus.nats_cluster import ManagedNatsCluster
+from driftlock.bus.subjects import Subjects
+from tests.processes import NodeProcess
+from tests.test_cluster_e2e import (
+    FAST,
+    PARTITIONS,
+    TOTAL_POINTS,
+    applied_points,
+    eventually_async,
+    make_events,
+)
+
+
+async def publish_until_acked(js: Any, subject: str, payload: bytes, msg_id: str) -> None:
+    """What a careful producer does: retry with the same Nats-Msg-Id until stored; JetStream
+    drops the copies of a publish that was stored but whose ack was lost."""
+    delay = 0.1
+    while True:
+        try:
+            await js.publish(subject, payload, timeout=2, headers={"Nats-Msg-Id": msg_id})
+            return
+        except Exception:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@pytest.mark.timeout(300)
+async def test_killing_one_of_three_nats_servers_loses_nothing(tmp_path: Path) -> None:
+    cluster = ManagedNatsCluster(
+        base_dir=tmp_path / "nats", subjects=Subjects(), partitions=PARTITIONS
+    )
+    url = await cluster.start()
+    nodes = [
+        NodeProcess(
+            nats_url=url,
+            data_dir=tmp_path / name,
+            partitions=PARTITIONS,
+            name=name,
+            extra=(*FAST, "--replicas", "3"),
+        )
+        for name in ("a", "b")
+    ]
+    received: list[dict[str, Any]] = []
+
+    async def on_anomaly(msg: Msg) -> None:
+        received.append(json.loads(msg.data))
+
+    nc = await nats.connect(url.split(","))
+    try:
+        await nc.subscribe("dl.anomaly.>", cb=on_anomaly)
+        for node in nodes:
+            await node.start()
+        js = nc.jetstream()
+        info = await js.stream_info("DL_EVENTS")
+        assert info.config.num_replicas == 3
+        assert (await js.stream_info("KV_dl_leases")).config.num_replicas == 3
+        events = make_events()
+        for i, (subject, payload) in enumerate(events):
+            if i == len(events) // 3:
+                cluster.servers[0].kill()
+            await publish_until_acked(js, subject, payload, msg_id=f"e{i}")
+            if i % 20 == 0:
+                await asyncio.sleep(0.01)
+
+        async def done() -> bool:
+            return await applied_points(nc) == TOTAL_POINTS
+
+        await eventually_async(done, timeout=120)
+        assert (await js.stream_info("DL_EVENTS")).state.messages >= len(events)
+        for node in nodes:
+            assert node.terminate() == 0
+        await asyncio.sleep(0.3)
+    finally:
+        for node in nodes:
+            node.ensure_stopped()
+        await nc.close()
+        cluster.stop()
+    ids = Counter(a["id"] for a in received)
+    assert received and [i for i, n in ids.items() if n > 1] == []
