@@ -1,6 +1,6 @@
-"""Real node processes on loopback under steady ingest: a node joins, one is stopped with
-SIGTERM (handoff), one is killed with kill -9 (failover), the rest restart one by one. At the
-end every event was applied exactly once: states and anomalies equal a single-node run over
+"""Real node processes on a 3-server NATS cluster (streams and buckets at 3 replicas) on
+loopback, under steady ingest: a node joins, one is stopped with SIGTERM (handoff), one is
+killed with kill -9 (failover), the rest restart one by one. At the end every event was applied exactly once: states and anomalies equal a single-node run over
 the same events, no anomaly id reached subscribers twice, and no partition ran on two nodes
 at once for longer than a lease period."""
 
@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from driftlock.bus.nats_cluster import ManagedNatsCluster
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.state import ActorRecord, StateStore
@@ -212,11 +213,11 @@ async def eventually_async(check: Any, timeout: float) -> None:
 async def test_join_handoff_failover_and_rolling_restart_lose_and_duplicate_nothing(
     tmp_path: Path,
 ) -> None:
-    server = ManagedNatsServer(
+    cluster = ManagedNatsCluster(
         base_dir=tmp_path / "nats", subjects=Subjects(), partitions=PARTITIONS
     )
-    await server.start()
-    nc = await nats.connect(server.url)
+    url = await cluster.start()
+    nc = await nats.connect(url.split(","))
     js = nc.jetstream()
     received: list[dict[str, Any]] = []
 
@@ -225,11 +226,11 @@ async def test_join_handoff_failover_and_rolling_restart_lose_and_duplicate_noth
 
     nodes = {
         name: NodeProcess(
-            nats_url=server.url,
+            nats_url=url,
             data_dir=tmp_path / name,
             partitions=PARTITIONS,
             name=name,
-            extra=FAST,
+            extra=(*FAST, "--replicas", "3"),
         )
         for name in "abcd"
     }
@@ -276,7 +277,7 @@ async def test_join_handoff_failover_and_rolling_restart_lose_and_duplicate_noth
         for node in nodes.values():
             node.ensure_stopped()
         await nc.close()
-        server.stop()
+        cluster.stop()
 
     records = read_final_records([tmp_path / name for name in "abcd"])
     reference, reference_anomalies = await reference_run(tmp_path / "reference")
