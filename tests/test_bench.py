@@ -42,3 +42,12 @@ def test_alerting_bench_quick_mode_measures_latency_and_incident_rate() -> None:
     results = json.loads((ROOT / "bench" / "results" / "alerting-quick.json").read_text())
     assert 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p99"]
     assert results["incidents_per_s"] > 0
+
+
+def test_cluster_bench_quick_mode_measures_join_handoff_and_failover() -> None:
+    out = run_bench("bench.cluster", "--quick")
+    assert "handoff pause p99" in out
+    results = json.loads((ROOT / "bench" / "results" / "cluster-quick.json").read_text())
+    assert results["handoffs"] > 0
+    assert results["join_s"] > 0
+    assert results["failover_s"] > 0
