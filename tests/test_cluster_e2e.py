@@ -1,8 +1,9 @@
 """Real node processes on a 3-server NATS cluster (streams and buckets at 3 replicas) on
 loopback, under steady ingest: a node joins, one is stopped with SIGTERM (handoff), one is
-killed with kill -9 (failover), the rest restart one by one. At the end every event was applied exactly once: states and anomalies equal a single-node run over
-the same events, no anomaly id reached subscribers twice, and no partition ran on two nodes
-at once for longer than a lease period."""
+killed with kill -9 (failover), the rest restart one by one. At the end every event was
+applied exactly once: states and anomalies equal a single-node run over the same events, no
+anomaly id reached subscribers twice, and no partition ran on two nodes at once for longer
+than a lease period."""
 
 import asyncio
 import json

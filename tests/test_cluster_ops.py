@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from driftlock.actors.node import Node
 from driftlock.bus.server import ManagedNatsServer
+from driftlock.gateway.server import GatewayServer
 from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
+from tests.gateway_helpers import new_tenant
 from tests.processes import ROOT
 
 
@@ -113,3 +116,16 @@ def test_cluster_status_says_clearly_when_nats_is_unreachable() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith("driftlock: cannot reach NATS at nats://127.0.0.1:1")
+
+
+async def test_the_gateway_shows_admins_the_cluster(node: Node, gateway: GatewayServer) -> None:
+    await eventually(lambda: len(node.supervisor.owned()) == TEST_PARTITIONS)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        owner = await new_tenant(gateway, client, "ops")
+        r = await client.get("/v1/cluster", headers=owner.auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [m["id"] for m in body["members"]] == ["test-node"]
+    assert body["members"][0]["partitions"] == list(range(TEST_PARTITIONS))
+    assert {row["owner"] for row in body["partitions"]} == {"test-node"}
+    assert body["unowned"] == []

@@ -133,6 +133,7 @@ ACTIONS: list[tuple[Permission, str, str, dict[str, Any] | None]] = [
     (Permission.MANAGE_KEYS, "GET", "/v1/api-keys", None),
     (Permission.MANAGE_USERS, "GET", "/v1/users", None),
     (Permission.SELF, "GET", "/v1/me", None),
+    (Permission.VIEW_CLUSTER, "GET", "/v1/cluster", None),
 ]
 
 

@@ -22,6 +22,8 @@ class Permission(StrEnum):
     MANAGE_ALERTING = "manage_alerting"
     """Channels, routes, escalation policies, silences, maintenance windows, inhibitions."""
     ACK_INCIDENTS = "ack_incidents"
+    VIEW_CLUSTER = "view_cluster"
+    """Nodes, partitions and lag: operator information (owners and admins)."""
     SELF = "self"
     """Any authenticated principal: who am I, log out."""
 
