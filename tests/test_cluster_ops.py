@@ -1,7 +1,10 @@
 """What an operator does with a running cluster, through the real CLI: `driftlock cluster
 status` and `drain`/`undrain`, against two nodes sharing one nats-server."""
 
+import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from driftlock.actors.node import Node
@@ -18,6 +22,7 @@ from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
 from tests.gateway_helpers import new_tenant
 from tests.processes import ROOT
+from tests.test_up import banner_snippets, python
 
 
 def cli(nats_url: str, *args: str) -> str:
@@ -129,3 +134,42 @@ async def test_the_gateway_shows_admins_the_cluster(node: Node, gateway: Gateway
     assert body["members"][0]["partitions"] == list(range(TEST_PARTITIONS))
     assert {row["owner"] for row in body["partitions"]} == {"test-node"}
     assert body["unowned"] == []
+
+
+async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "driftlock.cli", "up", "--cluster", "3",
+        "--data-dir", str(tmp_path), "--nats-port", "-1", "--metrics-port", "0",
+        "--gateway-port", "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert up.stdout is not None
+    banner = ""
+    try:
+        while "password" not in banner:
+            line = await asyncio.wait_for(up.stdout.readline(), 60)
+            assert line, "driftlock up exited before printing its banner"
+            banner += line.decode()
+        found = re.search(r"NATS\s+(\S+)", banner)
+        assert found, banner
+        urls = found.group(1).split(",")
+        assert len(urls) == 3
+        publish_one, _ = banner_snippets(banner)
+        one = await python(publish_one)
+        assert await asyncio.wait_for(one.wait(), 30) == 0
+        nc = await nats.connect(urls)
+        try:
+            js = nc.jetstream()
+            assert (await js.stream_info("DL_EVENTS")).config.num_replicas == 3
+            assert (await js.stream_info("KV_dl_tenants")).config.num_replicas == 3
+        finally:
+            await nc.close()
+        view = json.loads(cli(found.group(1), "status", "--json"))
+        assert len(view["members"]) == 1 and view["unowned"] == []
+    finally:
+        if up.returncode is None:
+            up.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(up.wait(), 60)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "nats").iterdir()) == ["n0", "n1", "n2"]
