@@ -72,6 +72,33 @@ async def load_state(nc: Client, streams: int, points: int) -> int:
     return streams * points
 
 
+async def applied(nc: Client, tenant: str, partitions: int) -> int:
+    """Points applied for `tenant`, gathered from the owners; -1 until all partitions answer."""
+    total, covered = 0, set[int]()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(f"dl.q.metrics.{tenant}", b"", reply=inbox)
+    try:
+        while len(covered) < partitions:
+            msg = await sub.next_msg(timeout=2)
+            body = json.loads(msg.data)
+            covered |= set(body["partitions"])
+            total += sum(m["points"] for m in body["metrics"])
+    except Exception:
+        return -1
+    finally:
+        await sub.unsubscribe()
+    return total
+
+
+async def wait_applied(nc: Client, partitions: int, points: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while await applied(nc, "bench", partitions) != points:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{points} points not applied within {timeout}s")
+        await asyncio.sleep(0.5)
+
+
 def node_args(url: str, base: Path, name: str, partitions: int, lease_s: float) -> list[str]:
     return [
         "node",
@@ -105,7 +132,7 @@ async def run(partitions: int, streams: int, points: int, lease_s: float) -> dic
             )
         await wait_for(nc, partitions, _share({"n1": 1, "n2": 1}, partitions), 60)
         loaded = await load_state(nc, streams, points)
-        await asyncio.sleep(2)  # let the nodes apply and snapshot what they got
+        await wait_applied(nc, partitions, loaded, 600)  # rebalance a settled cluster
 
         started = time.monotonic()
         processes["n3"], _ = spawn_driftlock(
