@@ -142,6 +142,7 @@ async def publish_anomaly(
     score: float = 0.9,
     kind: AnomalyKind = AnomalyKind.SPIKE,
     value: float = 95.0,
+    headers: dict[str, str] | None = None,
 ) -> Anomaly:
     """An anomaly on DL_ANOMALIES exactly as a node publishes it (id as Nats-Msg-Id)."""
     now = time.time()
@@ -161,7 +162,9 @@ async def publish_anomaly(
     )
     js = nc.jetstream()
     await js.publish(
-        f"dl.x.anomaly.{tenant}.{metric}", json_encoder.encode(a), headers={"Nats-Msg-Id": a.id}
+        f"dl.x.anomaly.{tenant}.{metric}",
+        json_encoder.encode(a),
+        headers={"Nats-Msg-Id": a.id, **(headers or {})},
     )
     return a
 

@@ -82,3 +82,28 @@ async def test_a_deleted_consumer_is_recreated_without_losing_anomalies(
 
         await eventually(recovered, timeout=15)
         assert kinds(web.accepted) == [("before", "opened"), ("while-gone", "opened")]
+
+
+async def test_notifications_continue_the_anomalys_trace(
+    gateway: GatewayServer, nc: Client, nats_server: ManagedNatsServer
+) -> None:
+    trace_id, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with (
+        http_receiver() as web,
+        httpx.AsyncClient(base_url=gateway.url, timeout=10) as client,
+        running_alerter(alerter_config(nats_server.url, gateway.url)),
+    ):
+        owner = await new_tenant(gateway, client, "acme")
+        hook, _ = await webhook(client, owner.auth, f"{web.url}/hook")
+        await put(client, "/v1/alerting/routes", {
+            "route": {"channels": [hook], "group_wait_s": 0, "resolve_after_s": 60},
+        }, owner.auth)  # fmt: skip
+        traceparent = f"00-{trace_id}-{parent_span}-01"
+        await publish_anomaly(nc, "acme", "traced", 1, headers={"traceparent": traceparent})
+        await publish_anomaly(nc, "acme", "untraced", 2)
+        await eventually(lambda: len(web.accepted) == 2, timeout=10)
+        by_metric = {r.json()["incident"]["metrics"][0]: r for r in web.accepted}
+        version, trace, span, _ = by_metric["traced"].headers["traceparent"].split("-")
+        assert (version, trace) == ("00", trace_id) and span != parent_span
+        # Without a trace to continue, the notification starts its own.
+        assert trace_id not in by_metric["untraced"].headers["traceparent"]

@@ -5,6 +5,7 @@ its lease, with the same notification id, and nothing is lost or sent twice; a r
 worker does not send again what was sent."""
 
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -42,10 +43,11 @@ async def test_two_workers_send_each_change_once(
         owner = await new_tenant(gateway, client, "acme")
         hook, secret = await webhook(client, owner.auth, f"{web.url}/hook")
         await put(client, "/v1/alerting/routes", {
-            # group_wait well above the time 40 publishes take on a loaded machine
-            "route": {"channels": [hook], "group_wait_s": 1.0, "resolve_after_s": 2.0},
+            # group_wait far above how long 40 publishes and pulls take on a busy machine
+            "route": {"channels": [hook], "group_wait_s": 2.0, "resolve_after_s": 3.0},
         }, owner.auth)  # fmt: skip
-        config = alerter_config(nats_server.url, gateway.url)
+        # One anomaly per pull, so both workers take part in the intake too.
+        config = dataclasses.replace(alerter_config(nats_server.url, gateway.url), fetch_batch=1)
         async with running_alerter(config) as one, running_alerter(config) as two:
             for seq in range(40):  # 20 metrics, two anomalies each
                 await publish_anomaly(nc, "acme", f"m{seq % 20}", seq)
@@ -68,6 +70,8 @@ async def test_two_workers_send_each_change_once(
                 a.metrics.notifications.labels("webhook", "sent")._value.get() for a in (one, two)
             ]
             assert sum(sent) == 40
+            routed = [a.metrics.anomalies.labels("routed")._value.get() for a in (one, two)]
+            assert sum(routed) == 40 and min(routed) > 0, routed
 
 
 class AlerterProcess:

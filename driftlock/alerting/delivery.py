@@ -9,19 +9,21 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from driftlock.alerting import links, messages, senders
+from driftlock.alerting.channel_state import record_health, within_cap
 from driftlock.alerting.config import Channel
 from driftlock.alerting.incident import Change, ChangeKind, Incident, mark_delivered
 from driftlock.alerting.metrics import AlertMetrics
 from driftlock.alerting.records import (
-    ChannelHealth,
     DeadLetter,
-    HealthState,
     LogEntry,
     LogState,
 )
@@ -57,9 +59,11 @@ class Deliverer:
         config: DeliveryConfig,
         metrics: AlertMetrics,
         clock: Clock = time.time,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.store, self.http, self.config = store, http, config
         self.metrics, self.clock = metrics, clock
+        self.tracer = tracer or TracerProvider().get_tracer("driftlock.alerting")
         self._log_codec = msgspec.json.Decoder(LogEntry)
         self._encoder = msgspec.json.Encoder()
 
@@ -132,13 +136,30 @@ class Deliverer:
             await self._dead_letter(inc, change, channel_id, "channel_deleted", base)
             return base
         kind = type(channel.config).__name__.removesuffix("Config").lower()
-        if not await self._within_cap(channel, now):
+        if not await within_cap(self.store, channel, now):
             base.state, base.error = LogState.CAPPED, f"over {channel.max_per_hour}/hour"
             self.metrics.notifications.labels(kind, "capped").inc()
             await self._dead_letter(inc, change, channel_id, "rate_cap", base)
             return base
         ctx = messages.context(inc, change, self.links(inc))
         nid = messages.notification_id(inc, change, channel_id)
+        parent = propagate.extract(inc.trace) if inc.trace else None
+        attributes = {"incident": inc.id, "change": str(change.kind), "channel": channel_id}
+        with self.tracer.start_as_current_span(
+            "alerting.notify", context=parent, attributes=attributes
+        ):
+            return await self._attempts(inc, change, channel, kind, ctx, nid, base)
+
+    async def _attempts(
+        self,
+        inc: Incident,
+        change: Change,
+        channel: Channel,
+        kind: str,
+        ctx: dict[str, Any],
+        nid: str,
+        base: LogEntry,
+    ) -> LogEntry:
         for attempt in range(1, self.config.attempts + 1):
             base.attempts = attempt
             try:
@@ -159,7 +180,7 @@ class Deliverer:
             await self._health(channel, None)
             return base
         self.metrics.notifications.labels(kind, "dead").inc()
-        await self._dead_letter(inc, change, channel_id, "retries_exhausted", base)
+        await self._dead_letter(inc, change, channel.id, "retries_exhausted", base)
         return base
 
     async def _record(self, key: str, entry: LogEntry, revision: int) -> None:
@@ -168,30 +189,6 @@ class Deliverer:
         except KeyWrongLastSequenceError:
             # Our lease ran out and another worker took over; it records its own outcome.
             log.warning("lost the send lease while sending", extra={"key": key})
-
-    async def _within_cap(self, channel: Channel, now: float) -> bool:
-        cap = channel.max_per_hour
-        if cap is None:
-            return True
-        key = f"{channel.tenant}.{channel.id}.{int(now // 3600)}"
-        kv = self.store.ratecap
-        for _ in range(50):
-            try:
-                entry = await kv.get(key)
-                count, revision = int(entry.value or b"0"), entry.revision
-            except KeyNotFoundError:
-                count, revision = 0, None
-            if count >= cap:
-                return False
-            try:
-                if revision is None:
-                    await kv.create(key, str(count + 1).encode())
-                else:
-                    await kv.update(key, str(count + 1).encode(), revision)
-            except KeyWrongLastSequenceError:
-                continue
-            return True
-        return False
 
     async def _health(self, channel: Channel, error: str | None) -> None:
         await record_health(self.store, channel, error, self.clock())
@@ -212,30 +209,3 @@ class Deliverer:
         )
         log.warning("notification dead-lettered", extra={"reason": reason, "error": entry.error})
         await self.store.dead_letters.put(f"{inc.tenant}.{inc.id}-{change.n}-{channel_id}", record)
-
-
-async def record_health(
-    store: AlertingStore, channel: Channel, error: str | None, now: float
-) -> None:
-    """The channel's health after one attempt (None: it succeeded), for operators to see."""
-    key = f"{channel.tenant}.{channel.id}"
-    old = store.health.get(key)
-    if error is None:
-        healthy = old is not None and old.state is HealthState.OK
-        if healthy and old and old.last_success_at and now - old.last_success_at < 60:
-            return  # spare KV a write per notification on a healthy channel
-        new = ChannelHealth(state=HealthState.OK, last_success_at=now)
-        if old is not None:
-            new.last_error, new.last_failure_at = old.last_error, old.last_failure_at
-    else:
-        new = ChannelHealth(
-            state=HealthState.FAILING,
-            consecutive_failures=(old.consecutive_failures if old else 0) + 1,
-            last_error=error[:500],
-            last_failure_at=now,
-            last_success_at=old.last_success_at if old else None,
-        )
-    try:
-        await store.health.put(key, new)
-    except Exception as exc:  # health is advisory; the send outcome is what matters
-        log.warning("could not record channel health", extra={"error": repr(exc)})

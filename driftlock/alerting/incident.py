@@ -90,6 +90,9 @@ class Incident(msgspec.Struct, kw_only=True):
     suppressed: str | None = None
     change_seq: int = 0
     changes: list[Change] = msgspec.field(default_factory=list)
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+    """W3C trace context of the anomaly that opened it, when its message carried one:
+    notifications continue that trace"""
 
     def pending(self) -> list[Change]:
         return [c for c in self.changes if len(c.delivered) < len(c.channels)]
@@ -115,9 +118,11 @@ def add_anomalies(
     group: dict[str, str],
     batch: list[tuple[Anomaly, dict[str, str]]],
     now: float,
+    traces: dict[str, dict[str, str]] | None = None,
 ) -> Incident | None:
     """The incident after this batch, or None when every anomaly was already applied (a
-    redelivery). A resolved slot reopens within the flap window, else starts over."""
+    redelivery). A resolved slot reopens within the flap window, else starts over.
+    `traces` maps anomaly ids to the trace context their messages carried."""
     fresh = [(a, labels) for a, labels in batch if current is None or a.id not in current.seen_ids]
     if not fresh:
         return None
@@ -126,6 +131,7 @@ def add_anomalies(
         inc.status is Status.RESOLVED and now - (inc.resolved_at or 0.0) > inc.route.flap_window_s
     ):
         inc = _new(current, key, route, group, fresh[0], now)
+        inc.trace = (traces or {}).get(fresh[0][0].id, {})
     elif inc.status is Status.RESOLVED:
         _reopen(inc, now)
     for a, labels in fresh:

@@ -35,6 +35,8 @@ from driftlock.wire.messages import Anomaly
 log = logging.getLogger("driftlock.alerting")
 
 DURABLE = "ALERTER"
+TRACEPARENT = "traceparent"
+TRACE_KEYS = (TRACEPARENT, "tracestate")
 Batch = list[tuple[Anomaly, dict[str, str]]]
 Routed = tuple[str, RouteSettings, dict[str, str], dict[str, str]]
 
@@ -135,14 +137,17 @@ class Intake:
         now = self.clock()
         groups: dict[str, tuple[RouteSettings, dict[str, str], Batch]] = {}
         correlator = Correlator(self.store, now)
+        traces: dict[str, dict[str, str]] = {}
         for msg in msgs:
             anomaly = self._decode(msg)
             if anomaly is None:
                 continue
+            if msg.headers and TRACEPARENT in msg.headers:
+                traces[anomaly.id] = {k: v for k, v in msg.headers.items() if k in TRACE_KEYS}
             for key, route, group, labels in self._route(anomaly, correlator):
                 groups.setdefault(key, (route, group, []))[2].append((anomaly, labels))
         results = await asyncio.gather(
-            *(self._absorb(key, *value, now) for key, value in groups.items()),
+            *(self._absorb(key, *value, now, traces) for key, value in groups.items()),
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -186,13 +191,19 @@ class Intake:
         return out
 
     async def _absorb(
-        self, key: str, route: RouteSettings, group: dict[str, str], batch: Batch, now: float
+        self,
+        key: str,
+        route: RouteSettings,
+        group: dict[str, str],
+        batch: Batch,
+        now: float,
+        traces: dict[str, dict[str, str]],
     ) -> None:
         evaluator = Evaluator(self.store, now)
         slot = key.split(".", 1)[1]
 
         def change(current: Incident | None) -> Incident | None:
-            inc = add_anomalies(current, slot, route, group, batch, now)
+            inc = add_anomalies(current, slot, route, group, batch, now, traces)
             if inc is not None:
                 # group_wait 0 notifies now, not at the next tick
                 advance(inc, now, evaluator.suppressed(inc), evaluator.steps(inc))

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiosmtplib
 import httpx
+from opentelemetry import propagate
 
 from driftlock.alerting import messages
 from driftlock.alerting.config import Channel, EmailConfig, SlackConfig, WebhookConfig
@@ -103,6 +104,7 @@ async def _post(
 ) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "DriftLock", **headers}
+    propagate.inject(headers)  # the receiver can continue the anomaly's trace
     try:
         r = await http.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from driftlock.alerting import config as cfg
 from driftlock.alerting import senders
-from driftlock.alerting.delivery import record_health
+from driftlock.alerting.channel_state import record_health
 from driftlock.alerting.incident import AnomalyRef, Change, ChangeKind, Incident
 from driftlock.alerting.messages import context
 from driftlock.alerting.store import AlertingStore, tenant_values

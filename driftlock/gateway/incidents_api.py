@@ -65,7 +65,7 @@ def _out(inc: Incident) -> IncidentOut:
     data = msgspec.to_builtins(inc)
     for private in ("tenant", "seen_ids", "opens", "changes", "first_detected_at",
                     "notified_count", "first_notified_at", "last_notified_at",
-                    "notified_channels", "change_seq"):  # fmt: skip
+                    "notified_channels", "change_seq", "trace"):  # fmt: skip
         data.pop(private)
     data["route"] = inc.route.route
     data["notifications"] = msgspec.to_builtins(inc.changes)
