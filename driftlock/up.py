@@ -59,7 +59,12 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> None:
     server = managed_nats(settings, subjects)
     url = await server.start()
     replicas = max(settings.replicas, min(settings.cluster, 3))
-    running = settings.model_copy(update={"nats_url": url, "replicas": replicas})
+    update: dict[str, object] = {"nats_url": url, "replicas": replicas}
+    if "node_id" not in settings.model_fields_set:
+        # One node per data directory: a stable id lets a restart take its partitions back
+        # at once instead of waiting for the previous process's leases to expire.
+        update["node_id"] = "local"
+    running = settings.model_copy(update=update)
     try:
         node = Node(running)
         await node.start()
@@ -109,7 +114,7 @@ def banner(url: str, subjects: Subjects, metrics_port: int | None, settings: Set
         f"http://{settings.metrics_host}:{metrics_port}/metrics" if metrics_port else "disabled"
     )
     ingest = subjects.ingest("default", "cpu")
-    first = url.split(",")[0]  # any server of a cluster will do for the examples
+    first = url.split(",", maxsplit=1)[0]  # any server of a cluster will do
     return f"""
 DriftLock is running (Ctrl-C stops it).
   NATS      {url}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from driftlock.cluster.buckets import key_value
+from driftlock.bus.buckets import key_value
 from driftlock.cluster.leases import Leases, LeaseState
 from driftlock.cluster.rendezvous import assignment
 from driftlock.cluster.snapshots import Snapshots

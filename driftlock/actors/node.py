@@ -17,11 +17,11 @@ from driftlock.actors.partition import PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
 from driftlock.actors.supervisor import Supervisor
 from driftlock.actors.tuning_watch import TuningWatch
+from driftlock.bus.buckets import key_value
 from driftlock.bus.connection import connect, on_reconnected
 from driftlock.bus.probe import verify_partition_mapping
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
-from driftlock.cluster.buckets import key_value
 from driftlock.cluster.coordinator import Coordinator, CoordinatorConfig
 from driftlock.cluster.leases import Leases
 from driftlock.cluster.membership import Membership
