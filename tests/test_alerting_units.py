@@ -177,3 +177,12 @@ def test_templates_are_sandboxed_and_checked() -> None:
 def test_webhook_signature_is_hmac_over_timestamp_and_body() -> None:
     expected = hmac.new(b"secret", b"1700000000.{}", hashlib.sha256).hexdigest()
     assert signature("secret", "1700000000", b"{}") == f"sha256={expected}"
+
+
+def test_a_channel_named_twice_is_told_once() -> None:
+    inc, _ = fresh({"group_wait_s": 0})
+    steps = [EscalationStep(after_s=0, channels=["boss", "boss", "a"])]
+    advance(inc, T0, None, steps)  # opened
+    advance(inc, T0, None, steps)  # the first step
+    assert [c.channels for c in inc.changes] == [["a"], ["boss", "a"]]
+    assert inc.notified_channels == ["a", "boss"]

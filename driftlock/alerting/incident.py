@@ -199,7 +199,9 @@ def emit(inc: Incident, kind: ChangeKind, now: float, channels: list[str], step:
     if not channels:
         return
     inc.change_seq += 1
-    change = Change(n=inc.change_seq, kind=kind, at=now, channels=list(channels), step=step)
+    # A channel named twice (in a route or a step) is still told once.
+    unique = list(dict.fromkeys(channels))
+    change = Change(n=inc.change_seq, kind=kind, at=now, channels=unique, step=step)
     # Delivered changes are history and only the recent ones are kept; pending ones stay.
     done = [c for c in inc.changes if len(c.delivered) >= len(c.channels)][-KEEP_CHANGES:]
     pending = inc.pending()
