@@ -415,3 +415,38 @@ def test_bare_numbers_inside_a_batch_are_ambiguous_and_rejected() -> None:
     assert len(got.values) == 0
     assert [(e.index, e.reason) for e in got.errors] == [(i, R.INVALID_SHAPE) for i in range(3)]
     assert "bare number" in got.errors[0].detail
+
+
+def columnar(ts: list[float], values: list[float]) -> bytes:
+    return msgspec.msgpack.encode(
+        {"ts": np.array(ts, "<f8").tobytes(), "values": np.array(values, "<f8").tobytes()}
+    )
+
+
+def test_columnar_msgpack_batch_decodes_to_the_same_arrays_as_pairs() -> None:
+    ts, values = [NOW - 100 + i for i in range(50)], [float(i) * 0.5 for i in range(50)]
+    fast = decode_points(columnar(ts, values), "application/msgpack", now=NOW, max_points=100)
+    pairs = msgspec.msgpack.encode([[t, v] for t, v in zip(ts, values, strict=True)])
+    slow = decode_points(pairs, "application/msgpack", now=NOW, max_points=100)
+    assert fast.errors == [] and np.array_equal(fast.ts, slow.ts)
+    assert np.array_equal(fast.values, slow.values) and np.array_equal(fast.index, slow.index)
+
+
+def test_columnar_batch_rejects_bad_points_by_index_and_bad_shapes_whole() -> None:
+    got = decode_points(
+        columnar([NOW, NOW - 100 + 1, 1.0], [1.0, float("nan"), 2.0]),
+        "application/msgpack",
+        now=NOW,
+        max_points=100,
+    )
+    assert got.values.tolist() == [1.0]
+    assert [(e.index, e.reason) for e in got.errors] == [
+        (1, RejectReason.NON_FINITE),
+        (2, RejectReason.TIMESTAMP_OUT_OF_RANGE),
+    ]
+    uneven = msgspec.msgpack.encode({"ts": b"\0" * 16, "values": b"\0" * 8})
+    got = decode_points(uneven, "application/msgpack", now=NOW, max_points=100)
+    assert got.errors[0].index is None and "equal length" in got.errors[0].detail
+    five = columnar([NOW] * 5, [1.0] * 5)
+    big = decode_points(five, "application/msgpack", now=NOW, max_points=4)
+    assert big.errors[0].reason is RejectReason.BATCH_TOO_LARGE

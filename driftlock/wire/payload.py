@@ -3,6 +3,8 @@ point or message that cannot be used.
 
 Accepted shapes, as JSON (default) or msgpack (`Content-Type: application/msgpack`):
 `{"ts": 1732550400.0, "value": 0.93}`, `[ts, value]`, a list of either, or a bare number.
+The fastest is msgpack's columnar batch `{"ts": <bin>, "values": <bin>}`, both raw
+little-endian float64 arrays of equal length: it decodes with no per-point work at all.
 `ts` is Unix seconds or an RFC 3339 string with an offset; a missing `ts` means the time the
 stream stored the message, which keeps replays deterministic.
 """
@@ -60,6 +62,15 @@ _msgpack_pairs = msgspec.msgpack.Decoder(_Pairs)
 _json_any = msgspec.json.Decoder()
 _msgpack_any = msgspec.msgpack.Decoder()
 _EMPTY_F = np.empty(0, dtype=np.float64)
+_MSGPACK_MAP = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+
+
+class _Columns(msgspec.Struct, forbid_unknown_fields=True):
+    ts: bytes
+    values: bytes
+
+
+_msgpack_columns = msgspec.msgpack.Decoder(_Columns)
 _EMPTY_I = np.empty(0, dtype=np.int32)
 
 
@@ -77,6 +88,10 @@ def decode_points(
     canonical = normalise_content_type(content_type)
     if canonical is None:
         return _whole(RejectReason.UNSUPPORTED_CONTENT_TYPE, f"content type {content_type!r}")
+    if canonical == MSGPACK and data[:1] and data[0] in _MSGPACK_MAP:
+        columns = _columnar(data, now, max_points)
+        if columns is not None:
+            return columns
     pairs = _fast_pairs(data, canonical)
     if pairs is not None:
         if len(pairs) > max_points:
@@ -98,6 +113,28 @@ def decode_points(
     if not items:
         return _whole(RejectReason.INVALID_SHAPE, "empty batch")
     return _decode_items(items, now)
+
+
+def _columnar(data: bytes, now: float, max_points: int) -> DecodedPoints | None:
+    """The columnar batch, or None when the message is another shape."""
+    try:
+        columns = _msgpack_columns.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if len(columns.ts) != len(columns.values) or len(columns.ts) % 8:
+        return _whole(
+            RejectReason.INVALID_SHAPE,
+            f"columnar batch: ts ({len(columns.ts)} bytes) and values "
+            f"({len(columns.values)} bytes) must be float64 arrays of equal length",
+        )
+    n = len(columns.ts) // 8
+    if n > max_points:
+        return _too_large(n, max_points)
+    if n == 0:
+        return _whole(RejectReason.INVALID_SHAPE, "empty batch")
+    ts = np.frombuffer(columns.ts, dtype="<f8").astype(np.float64)
+    values = np.frombuffer(columns.values, dtype="<f8").astype(np.float64)
+    return _check_ranges(ts, values, np.arange(n, dtype=np.int32), [], now)
 
 
 def _fast_pairs(data: bytes, content_type: str) -> _Pairs | None:
@@ -199,6 +236,9 @@ def _check_ranges(
     ts: FloatArray, values: FloatArray, index: IndexArray, errors: list[PointError], now: float
 ) -> DecodedPoints:
     """Vectorised checks on the decoded arrays: finite values, plausible timestamps."""
+    # Three reductions decide the common all-good case (a NaN fails every comparison).
+    if ts.min() >= MIN_TS and ts.max() <= now + MAX_FUTURE_S and np.isfinite(values.sum()):
+        return DecodedPoints(ts, values, index, errors)
     bad_value = ~np.isfinite(values)
     bad_ts = ~np.isfinite(ts) | (ts < MIN_TS) | (ts > now + MAX_FUTURE_S)
     bad = bad_value | bad_ts
