@@ -57,6 +57,8 @@ class Intake:
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(Anomaly)
         self._last_seq = 0
+        self.stopping = False
+        """set by the alerter: finish the batch in hand (and ack it), then return"""
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         consumer = ConsumerConfig(
@@ -91,7 +93,7 @@ class Intake:
 
     async def run(self, sub: JetStreamContext.PullSubscription | None) -> None:
         idle = 0.0
-        while True:
+        while not self.stopping:
             if sub is None:
                 await asyncio.sleep(1.0)
                 sub = await self.first_subscription()

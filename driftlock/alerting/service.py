@@ -70,6 +70,7 @@ class Alerter:
         self._inflight: set[tuple[str, int, str]] = set()
         self._send_slots = asyncio.Semaphore(config.max_sends)
         self._server: WSGIServer | None = None
+        self._intake: Intake | None = None
 
     @property
     def store(self) -> AlertingStore:
@@ -92,7 +93,7 @@ class Alerter:
         )
         self._deliverer = Deliverer(store, self._http, delivery, self.metrics, self.clock)
         self._start_metrics_server()
-        intake = Intake(
+        self._intake = intake = Intake(
             nc, store, self.subjects, self.metrics, self.clock, self._schedule,
             fetch_batch=c.fetch_batch, defaults=c.defaults, consumer_check_s=c.consumer_check_s,
         )  # fmt: skip
@@ -111,8 +112,12 @@ class Alerter:
             await self.stop()
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking anomalies and ticking, give sends in flight `grace_s` to finish (an
-        unfinished one is taken over by another worker once its lease expires)."""
+        """Stop taking anomalies (the batch in hand is applied and acked) and ticking, give
+        sends in flight `grace_s` to finish (an unfinished one is taken over by another
+        worker once its lease expires)."""
+        if self._intake is not None:
+            self._intake.stopping = True
+            await asyncio.wait(self._tasks[:1], timeout=grace_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
