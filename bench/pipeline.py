@@ -4,7 +4,8 @@ payload decode, no DriftLock logic).
 
     python -m bench.pipeline [--quick]
 
-Reports events/s for single-point messages and 100-point batches over 1,000 streams, and the
+Reports events/s for single-point messages, 100-point JSON batches and 100-point columnar
+msgpack batches (`{"ts": <bin>, "values": <bin>}`), over 1,000 and 100,000 streams, and the
 publish → anomaly latency on an idle node.
 """
 
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
+import numpy as np
 import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -42,10 +45,14 @@ class Scenario:
     messages: int
     points_per_message: int
     streams: int
+    columnar: bool = False
 
     @property
     def events(self) -> int:
         return self.messages * self.points_per_message
+
+
+MSGPACK = {"Content-Type": "application/msgpack"}
 
 
 def payloads(s: Scenario) -> list[tuple[str, bytes]]:
@@ -54,17 +61,25 @@ def payloads(s: Scenario) -> list[tuple[str, bytes]]:
     for i in range(s.messages):
         stream = i % s.streams
         base = T0 + (i // s.streams) * s.points_per_message
-        if s.points_per_message == 1:
-            body = json.dumps([base, rng.gauss(100, 3)])
+        values = [rng.gauss(100, 3) for _ in range(s.points_per_message)]
+        if s.columnar:
+            ts = np.arange(s.points_per_message, dtype="<f8") + base
+            body = msgspec.msgpack.encode(
+                {"ts": ts.tobytes(), "values": np.array(values, "<f8").tobytes()}
+            )
+        elif s.points_per_message == 1:
+            body = json.dumps([base, values[0]]).encode()
         else:
-            body = json.dumps([[base + j, rng.gauss(100, 3)] for j in range(s.points_per_message)])
-        out.append((f"dl.in.bench{stream % 10}.m{stream}", body.encode()))
+            body = json.dumps([[base + j, v] for j, v in enumerate(values)]).encode()
+        out.append((f"dl.in.bench{stream % 10}.m{stream}", body))
     return out
 
 
-async def publish_all(nc: Client, messages: list[tuple[str, bytes]]) -> None:
+async def publish_all(
+    nc: Client, messages: list[tuple[str, bytes]], headers: dict[str, str] | None = None
+) -> None:
     for i, (subject, body) in enumerate(messages):
-        await nc.publish(subject, body)
+        await nc.publish(subject, body, headers=headers)
         if i % 1000 == 999:
             await nc.flush()
     await nc.flush()
@@ -91,12 +106,14 @@ async def raw_ceiling(url: str, s: Scenario, messages: list[tuple[str, bytes]]) 
         nonlocal decoded
         while decoded < s.events:
             for d in await feed.next_batch(100_000, wait_s=0.2):
+                content_type = (d.headers or {}).get("Content-Type")
                 decoded += len(
-                    decode_points(d.data, None, now=d.stored_at, max_points=10_000).values
+                    decode_points(d.data, content_type, now=d.stored_at, max_points=10_000).values
                 )
 
     started = time.perf_counter()
-    await asyncio.gather(publish_all(nc, messages), *(drain(f) for f in feeds))
+    headers = MSGPACK if s.columnar else None
+    await asyncio.gather(publish_all(nc, messages, headers), *(drain(f) for f in feeds))
     elapsed = time.perf_counter() - started
     for feed in feeds:
         await feed.stop()
@@ -110,7 +127,7 @@ async def end_to_end(
     nc = await nats.connect(url)
     before = scrape_counter(metrics_port, "driftlock_events_applied_total")
     started = time.perf_counter()
-    await publish_all(nc, messages)
+    await publish_all(nc, messages, MSGPACK if s.columnar else None)
     # The node is another process: its applied count is only visible by scraping.
     while scrape_counter(metrics_port, "driftlock_events_applied_total") - before < s.events:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
@@ -161,9 +178,12 @@ async def main(quick: bool) -> dict[str, Any]:
     scenarios = [
         Scenario("1-point messages", int(100_000 * scale), 1, 1000),
         Scenario("100-point batches", int(20_000 * scale), 100, 1000),
+        Scenario("100-point columnar", int(20_000 * scale), 100, 1000, columnar=True),
+        Scenario("1-point messages", int(100_000 * scale), 1, 100_000),
+        Scenario("100-point columnar", int(100_000 * scale), 100, 100_000, columnar=True),
     ]
     results: dict[str, Any] = {"quick": quick, "scenarios": []}
-    rows = []
+    rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = ManagedNatsServer(
             base_dir=Path(tmp) / "nats", subjects=Subjects(), partitions=PARTITIONS
@@ -178,12 +198,12 @@ async def main(quick: bool) -> dict[str, Any]:
             for s in scenarios:
                 messages = payloads(s)
                 ceiling = await raw_ceiling(server.url, s, messages)
-                node, port = start_node(server.url, Path(tmp) / f"node-{s.points_per_message}")
+                node, port = start_node(server.url, Path(tmp) / f"node-{len(rows)}")
                 try:
                     e2e = await end_to_end(server.url, port, s, messages)
                     latencies = (
                         await idle_latency(server.url, 20 if quick else 200)
-                        if s.points_per_message == 1
+                        if s.points_per_message == 1 and s.streams == 1000
                         else []
                     )
                 finally:
