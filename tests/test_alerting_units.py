@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from driftlock.alerting import links, templates
 from driftlock.alerting.config import (
@@ -22,7 +24,7 @@ from driftlock.alerting.config import (
     Routing,
 )
 from driftlock.alerting.incident import ChangeKind, Incident, Status, acknowledge, add_anomalies
-from driftlock.alerting.lifecycle import advance
+from driftlock.alerting.lifecycle import advance, next_due
 from driftlock.alerting.matching import anomaly_labels, group_of, resolve_routes
 from driftlock.alerting.senders import signature
 from driftlock.alerting.suppress import in_window
@@ -186,3 +188,47 @@ def test_a_channel_named_twice_is_told_once() -> None:
     advance(inc, T0, None, steps)  # the first step
     assert [c.channels for c in inc.changes] == [["a"], ["boss", "a"]]
     assert inc.notified_channels == ["a", "boss"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["anomaly", "tick", "ack"]),
+            st.floats(min_value=0, max_value=50),
+            st.sampled_from([None, "silence s"]),
+        ),
+        max_size=12,
+    ),
+    probe=st.floats(min_value=0, max_value=50),
+    probe_reason=st.sampled_from([None, "silence s"]),
+    timing=st.tuples(*(st.sampled_from([0.0, 1.0, 5.0, 20.0]) for _ in range(5))),
+)
+def test_next_due_agrees_with_advance(
+    ops: list[tuple[str, float, str | None]],
+    probe: float,
+    probe_reason: str | None,
+    timing: tuple[float, float, float, float, float],
+) -> None:
+    """The tick skips an incident unless its suppression changed or `next_due` has come;
+    that is only right if `advance` changes it exactly then."""
+    gw, gi, ri, ra, step = timing
+    inc, _ = fresh({"group_wait_s": gw, "group_interval_s": gi, "repeat_interval_s": ri,
+                    "resolve_after_s": ra + 0.5})  # fmt: skip
+    steps = [EscalationStep(after_s=step, channels=["boss"])]
+    now, seq = T0, 10
+    for op, dt, reason in ops:
+        now += dt
+        if op == "anomaly":
+            seq += 1
+            add_anomalies(inc, "k", inc.route, inc.group, [(anomaly("cpu", seq), {})], now)
+        elif op == "ack":
+            acknowledge(inc, "user:x", now)
+        else:
+            advance(inc, now, reason, steps)
+    at = now + probe
+    expected = inc.status is not Status.RESOLVED and (
+        probe_reason != inc.suppressed or at >= next_due(inc, steps)
+    )
+    copy = msgspec.json.decode(msgspec.json.encode(inc), type=Incident)
+    assert advance(copy, at, probe_reason, steps) == expected

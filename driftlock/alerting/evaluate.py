@@ -6,18 +6,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TypeVar
 
-import msgspec
-
 from driftlock.alerting.config import EscalationStep
 from driftlock.alerting.incident import Incident
-from driftlock.alerting.lifecycle import advance
+from driftlock.alerting.lifecycle import advance, next_due
 from driftlock.alerting.store import AlertingStore, Keyed
 from driftlock.alerting.suppress import inhibited_by, maintenance_by, silenced_by
 
 T = TypeVar("T")
-
-_codec = msgspec.json.Decoder(Incident)
-_encoder = msgspec.json.Encoder()
 
 
 def _by_tenant(cache: Keyed[T]) -> dict[str, list[T]]:
@@ -56,6 +51,6 @@ class Evaluator:
         return advance(inc, self.now, self.suppressed(inc), self.steps(inc))
 
     def changes(self, inc: Incident) -> bool:
-        """Whether `apply` would change the incident, without touching it (the cached copy
-        must stay what KV holds)."""
-        return self.apply(_codec.decode(_encoder.encode(inc)))
+        """Whether `apply` would change the incident, without touching it: its suppression
+        changed, or something falls due (see `next_due`)."""
+        return self.suppressed(inc) != inc.suppressed or self.now >= next_due(inc, self.steps(inc))

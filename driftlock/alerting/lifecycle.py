@@ -2,6 +2,7 @@
 group_interval, reminders every repeat_interval, escalation steps, and resolution after a
 quiet period (longer for a flapping incident, which is held open). Pure: `now` is given."""
 
+import math
 from collections.abc import Sequence
 
 from driftlock.alerting.config import EscalationStep
@@ -77,3 +78,24 @@ def _remember(inc: Incident, channels: Sequence[str]) -> None:
     for c in channels:
         if c not in inc.notified_channels:
             inc.notified_channels.append(c)
+
+
+def next_due(inc: Incident, steps: Sequence[EscalationStep] = ()) -> float:
+    """The earliest time `advance` can change the incident while its suppression stays as
+    recorded: the tick skips the others without copying them. Mirrors `advance`."""
+    if inc.status is Status.RESOLVED:
+        return math.inf
+    hold = inc.route.flap_window_s if inc.flapping else inc.route.resolve_after_s
+    due = inc.last_anomaly_at + hold
+    if inc.status is not Status.OPEN or inc.suppressed is not None:
+        return due
+    if inc.first_notified_at is None:
+        return min(due, inc.created_at + inc.route.group_wait_s)
+    last = inc.last_notified_at if inc.last_notified_at is not None else inc.first_notified_at
+    if not inc.flapping:
+        if inc.anomaly_count > inc.notified_count:
+            due = min(due, last + inc.route.group_interval_s)
+        due = min(due, last + inc.route.repeat_interval_s)
+    if inc.escalation_step < len(steps):
+        due = min(due, inc.first_notified_at + steps[inc.escalation_step].after_s)
+    return due
