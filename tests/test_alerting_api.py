@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult
 from nats.aio.client import Client
 
+from driftlock.alerting.senders import signature
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.gateway.roles import Role
 from driftlock.gateway.server import GatewayServer
@@ -294,3 +296,35 @@ async def test_smtp_login_and_a_refused_one(gateway: GatewayServer) -> None:
             r = await client.post(f"/v1/alerting/channels/{bad['id']}/test", headers=owner.auth)
             assert not r.json()["delivered"] and "login refused" in r.json()["error"]
             assert len(smtp.messages) == 1
+
+
+async def test_readme_webhook_verification_accepts_real_calls_only(
+    gateway: GatewayServer,
+) -> None:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- example: verify-webhook -->\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    namespace: dict[str, Any] = {}
+    exec(block.group(1), namespace)
+    verify = namespace["verify"]
+    async with (
+        http_receiver() as web,
+        httpx.AsyncClient(base_url=gateway.url, timeout=10) as client,
+    ):
+        owner = await new_tenant(gateway, client, "acme")
+        hook, secret = await webhook(client, owner.auth, f"{web.url}/hook")
+        r = await client.post(f"/v1/alerting/channels/{hook}/test", headers=owner.auth)
+        assert r.json()["delivered"]
+        call = web.accepted[0]
+        headers = {
+            "X-DriftLock-Timestamp": call.headers["x-driftlock-timestamp"],
+            "X-DriftLock-Signature": call.headers["x-driftlock-signature"],
+        }
+        assert verify(secret, headers, call.body)
+        assert not verify(secret, headers, call.body + b" ")
+        assert not verify("another-secret-of-16+", headers, call.body)
+        # A genuine call replayed ten minutes later is refused for its age alone.
+        old = str(int(time.time()) - 600)
+        stale = {"X-DriftLock-Timestamp": old,
+                 "X-DriftLock-Signature": signature(secret, old, call.body)}  # fmt: skip
+        assert not verify(secret, stale, call.body)
