@@ -51,3 +51,11 @@ def test_cluster_bench_quick_mode_measures_join_handoff_and_failover() -> None:
     assert results["handoffs"] > 0
     assert results["join_s"] > 0
     assert results["failover_s"] > 0
+
+
+def test_scale_bench_quick_mode_reports_memory_and_passivation() -> None:
+    out = run_bench("bench.scale", "--quick")
+    assert "LMDB per stream" in out
+    results = json.loads((ROOT / "bench" / "results" / "scale-quick.json").read_text())
+    assert results["active_actors_after_passivation"] == 0
+    assert results["lmdb_per_stream_bytes"] > 0
