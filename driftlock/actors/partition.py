@@ -34,6 +34,9 @@ StreamKey = tuple[str, str]
 Slice = tuple[DecodedPoints, int]
 
 
+YIELD_AFTER_S = 0.05
+
+
 class OwnershipLost(Exception):
     """The partition's lease is no longer ours: stop before publishing or committing more."""
 
@@ -116,10 +119,16 @@ class PartitionWorker:
         anomalies: list[Anomaly] = []
         points = 0
         touched = [self._actor(tenant, metric) for tenant, metric in slices]
+        slice_started = time.perf_counter()
         for actor, parts in zip(touched, slices.values(), strict=True):
             ts, values, seqs, indexes = _concatenate(parts)
             anomalies += actor.apply(self._detector, ts, values, seqs, indexes)
             points += len(values)
+            if time.perf_counter() - slice_started > YIELD_AFTER_S:
+                # A big batch is seconds of detection: let lease renewals, heartbeats and
+                # the other partitions run in between (per time slice, never per event).
+                await asyncio.sleep(0)
+                slice_started = time.perf_counter()
         self._check_ownership()
         await self._publish_anomalies(anomalies)
         await self._publish_rejects(rejects)
