@@ -5,6 +5,7 @@ notification acknowledges it; after the quiet period it resolves, once, everywhe
 
 import asyncio
 import re
+from email.message import Message
 
 import httpx
 from nats.aio.client import Client
@@ -23,6 +24,12 @@ from tests.alerting_helpers import (
 )
 from tests.conftest import eventually
 from tests.gateway_helpers import new_tenant
+
+
+def decoded(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
 
 
 async def test_spike_notifies_each_channel_once_then_ack_link_and_resolve(
@@ -71,10 +78,17 @@ async def test_spike_notifies_each_channel_once_then_ack_link_and_resolve(
                 mail = smtp.messages[0]
                 assert mail["Subject"].startswith("[DriftLock OPENED] acme: latency: 1 anomaly")
                 assert mail["To"] == "oncall@acme.example"
-                text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                assert mail.get_content_type() == "multipart/alternative"
+                plain, html = [p for p in mail.walk() if not p.is_multipart()]
+                assert plain.get_content_type() == "text/plain"
+                assert html.get_content_type() == "text/html"
+                text = decoded(plain)
                 assert "latency  spike  value 95" in text
                 ack_url = re.search(r"Acknowledge: (\S+)", text)
                 assert ack_url is not None
+                markup = decoded(html)
+                assert f'<a href="{ack_url.group(1)}">Acknowledge</a>' in markup
+                assert "<td>latency</td>" in markup
 
                 slack_body = web.on("/slack")[0].json()
                 assert slack_body["blocks"][1]["text"]["text"] == "Custom: latency is opened"

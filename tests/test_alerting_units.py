@@ -172,6 +172,10 @@ def test_templates_are_sandboxed_and_checked() -> None:
     assert templates.render(escape, "default {{ tenant }}", ctx) == "default acme"
     body = templates.render(None, templates.EMAIL_BODY, ctx)
     assert "Acknowledge: http://x/ack" in body and "cpu  spike  value 9" in body
+    ctx["incident"]["labels"]["team"] = "<script>x</script>"
+    html = templates.render("<p>{{ incident.labels.team }}</p>", "", ctx, html=True)
+    assert html == "<p>&lt;script&gt;x&lt;/script&gt;</p>"  # HTML e-mail escapes
+    assert "<script>" in templates.render("{{ incident.labels.team }}", "", ctx)  # text: as is
     assert templates.syntax_error("{{ a") is not None
     assert templates.syntax_error("{% for x in y %}{{ x }}{% endfor %}") is None
 

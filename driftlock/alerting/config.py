@@ -31,6 +31,7 @@ class EmailConfig(msgspec.Struct, tag="email", kw_only=True):
     to: list[str]
     subject_template: str | None = None
     body_template: str | None = None
+    html_template: str | None = None
 
 
 class SlackConfig(msgspec.Struct, tag="slack", kw_only=True):

@@ -46,6 +46,10 @@ def email_message(cfg: EmailConfig, ctx: dict[str, Any], nid: str) -> EmailMessa
     msg["Message-ID"] = f"<{nid}@driftlock>"
     msg["X-DriftLock-Notification-Id"] = nid
     msg.set_content(templates.render(cfg.body_template, templates.EMAIL_BODY, ctx))
+    if cfg.html_template is not None or cfg.body_template is None:
+        # The default HTML only stands beside the default text, never beside a custom one.
+        html = templates.render(cfg.html_template, templates.EMAIL_HTML, ctx, html=True)
+        msg.add_alternative(html, subtype="html")
     return msg
 
 

@@ -33,6 +33,26 @@ value {{ "%.4g" | format(a.value) }} (expected {{ "%.4g" | format(a.expected[0])
 {% endif %}-- DriftLock incident {{ incident.id }}
 """
 
+EMAIL_HTML = """\
+<html><body style="font-family: sans-serif">
+<h2 style="margin: 0 0 8px">{{ title }}</h2>
+<p><b>{{ change.kind | capitalize }}</b>{% if change.step %} (escalation step {{ change.step }})\
+{% endif %} &middot; status <b>{{ incident.status }}</b>{% if incident.flapping %} (flapping: held \
+open){% endif %} &middot; route {{ incident.route }} &middot; opened \
+{{ incident.created_at | datetime }}</p>
+<table cellpadding="4" style="border-collapse: collapse">
+<tr style="text-align: left"><th>detected</th><th>metric</th><th>kind</th><th>value</th>\
+<th>expected</th><th>score</th></tr>
+{% for a in anomalies | reverse %}<tr><td>{{ a.detected_at | datetime }}</td>\
+<td>{{ a.metric }}</td><td>{{ a.kind }}</td><td>{{ "%.4g" | format(a.value) }}</td>\
+<td>{{ "%.4g" | format(a.expected[0]) }}..{{ "%.4g" | format(a.expected[1]) }}</td>\
+<td>{{ "%.2f" | format(a.score) }}</td></tr>
+{% endfor %}</table>
+{% if links.ack %}<p><a href="{{ links.ack }}">Acknowledge</a></p>{% endif %}
+<p style="color: #888">DriftLock incident {{ incident.id }}</p>
+</body></html>
+"""
+
 SLACK_TEXT = """\
 *{{ change.kind | capitalize }}*: {{ title }}
 {% for a in anomalies[-5:] | reverse %}• `{{ a.metric }}` {{ a.kind }}: \
@@ -47,19 +67,21 @@ def _datetime(ts: float) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=False, trim_blocks=False, keep_trailing_newline=True)
+def _environment(autoescape: bool = False) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(autoescape=autoescape, keep_trailing_newline=True)
     env.filters["datetime"] = _datetime
     return env
 
 
 _ENV = _environment()
+_HTML_ENV = _environment(autoescape=True)
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled(source: str) -> Template:
-    """Compiling costs far more than rendering; channels reuse a handful of templates."""
-    return _ENV.from_string(source)
+def _compiled(source: str, html: bool = False) -> Template:
+    """Compiling costs far more than rendering; channels reuse a handful of templates.
+    HTML templates escape what they insert."""
+    return (_HTML_ENV if html else _ENV).from_string(source)
 
 
 def syntax_error(source: str) -> str | None:
@@ -71,7 +93,7 @@ def syntax_error(source: str) -> str | None:
     return None
 
 
-def render(source: str | None, default: str, context: dict[str, Any]) -> str:
+def render(source: str | None, default: str, context: dict[str, Any], *, html: bool = False) -> str:
     """The tenant's template, or the default when there is none or it fails at render time
     (a template that compiled can still fail, e.g. dividing by a string): a notification
     with default text beats no notification."""
@@ -79,7 +101,7 @@ def render(source: str | None, default: str, context: dict[str, Any]) -> str:
         if candidate is None:
             continue
         try:
-            text = _compiled(candidate).render(context)
+            text = _compiled(candidate, html).render(context)
         except Exception:
             if candidate is default:
                 raise

@@ -60,6 +60,7 @@ class EmailIn(Strict):
     to: list[Email] = Field(min_length=1, max_length=50)
     subject_template: Template = None
     body_template: Template = None
+    html_template: Template = None
 
 
 class SlackIn(Strict):
