@@ -136,6 +136,21 @@ async def test_test_send_and_channel_health(gateway: GatewayServer) -> None:
             assert r.json() == {"delivered": True, "error": None}
             verify_signature(web.accepted[0], secret)
             assert web.accepted[0].json()["incident"]["metrics"] == ["sample:latency"]
+            # Alertmanager's webhook format, for receivers written for it.
+            am = await post(client, "/v1/alerting/channels", {"name": "am", "config": {
+                "type": "webhook", "url": f"{web.url}/am", "format": "alertmanager",
+                "template": "{{ incident.metrics[0] }} is odd"}}, owner.auth)  # fmt: skip
+            r = await client.post(f"/v1/alerting/channels/{am['id']}/test", headers=owner.auth)
+            assert r.json()["delivered"]
+            body = web.on("/am")[0].json()
+            assert body["version"] == "4" and body["status"] == "firing"
+            assert body["receiver"] == "am" and body["groupLabels"] == {"metric": "sample:latency"}
+            [alert] = body["alerts"]
+            assert alert["labels"]["alertname"] == "DriftLockAnomaly"
+            assert alert["labels"]["metric"] == "sample:latency"
+            assert alert["annotations"]["summary"] == "sample:latency is odd"
+            assert alert["endsAt"] == "0001-01-01T00:00:00Z"
+            verify_signature(web.on("/am")[0], am["secret"])
             mail = await post(client, "/v1/alerting/channels", {"name": "mail", "config": {
                 "type": "email", "host": "127.0.0.1", "port": smtp.port, "starttls": False,
                 "from_addr": "d@acme.example", "to": ["o@acme.example"]}}, owner.auth)  # fmt: skip

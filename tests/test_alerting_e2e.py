@@ -4,6 +4,7 @@ alerter groups it into an incident and notifies a real SMTP server and a real HT
 notification acknowledges it; after the quiet period it resolves, once, everywhere."""
 
 import asyncio
+import dataclasses
 import re
 from email.message import Message
 
@@ -22,7 +23,7 @@ from tests.alerting_helpers import (
     spike,
     verify_signature,
 )
-from tests.conftest import eventually
+from tests.conftest import eventually, scrape
 from tests.gateway_helpers import new_tenant
 
 
@@ -64,7 +65,9 @@ async def test_spike_notifies_each_channel_once_then_ack_link_and_resolve(
                           "group_wait_s": 0.2, "resolve_after_s": 2.0},
             }, owner.auth)  # fmt: skip
 
-            async with running_alerter(alerter_config(nats_server.url, gateway.url)) as alerter:
+            config = alerter_config(nats_server.url, gateway.url)
+            config = dataclasses.replace(config, metrics_port=0)
+            async with running_alerter(config) as alerter:
                 await spike(nc, "acme", "latency")
 
                 def notified() -> bool:
@@ -132,3 +135,10 @@ async def test_spike_notifies_each_channel_once_then_ack_link_and_resolve(
                 metrics = alerter.metrics.notifications
                 assert metrics.labels("webhook", "sent")._value.get() == 3
                 assert metrics.labels("email", "sent")._value.get() == 3
+                page = scrape(alerter.metrics_port)
+                assert (
+                    'driftlock_alert_notifications_total{channel_type="slack",outcome="sent"} 3.0'
+                    in page
+                )
+                assert 'driftlock_alert_incidents{status="resolved"} 1.0' in page
+                assert "driftlock_alert_notification_latency_seconds_count 3.0" in page
