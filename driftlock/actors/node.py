@@ -39,6 +39,7 @@ class Node:
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     metrics_port: int | None = None
     _nc: Client | None = None
+    _control_nc: Client | None = None
     _store: StateStore | None = None
     _supervisor: Supervisor | None = None
     _coordinator: Coordinator | None = None
@@ -113,8 +114,13 @@ class Node:
         self._start_metrics_server()
         self._guard = SubjectGuard(nc, subjects, self.metrics)
         await self._guard.start()
-        self._coordinator = await self._join_cluster(js, subjects)
-        on_reconnected(nc, self._coordinator.restart_watches)
+        # Leases and heartbeats get a connection of their own: on the data connection their
+        # replies would queue behind megabytes of pulled batches and time out under load.
+        self._control_nc = control = await connect(
+            s.nats_url, name=f"driftlock-node-{s.node_id}-control"
+        )
+        self._coordinator = await self._join_cluster(control.jetstream(), subjects)
+        on_reconnected(control, self._coordinator.restart_watches)
         self._queries = QueryResponder(
             nc, subjects, store, detector, s.partitions, self._supervisor.owned
         )
@@ -199,8 +205,9 @@ class Node:
             await self._supervisor.stop()
         if self._store is not None:
             self._store.close()
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        for connection in (self._nc, self._control_nc):
+            if connection is not None and not connection.is_closed:
+                await connection.drain()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
