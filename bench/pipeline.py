@@ -136,6 +136,16 @@ async def end_to_end(
     return s.events / elapsed
 
 
+async def warm_up(nc: Client, tenant: str, streams: int, seed: int) -> None:
+    """200 calm points for streams s0…, so each is past warm-up when its spike comes."""
+    rng = random.Random(seed)
+    for i in range(streams):
+        warm = [[T0 + j, rng.gauss(10, 1)] for j in range(200)]
+        await nc.publish(f"dl.in.{tenant}.s{i}", json.dumps(warm).encode())
+    await nc.flush()
+    await asyncio.sleep(2.0)
+
+
 async def idle_latency(url: str, spikes: int) -> list[float]:
     """Warm streams up, then publish one spike at a time and time its anomaly's arrival."""
     nc = await nats.connect(url)
@@ -147,12 +157,7 @@ async def idle_latency(url: str, spikes: int) -> list[float]:
         signal.set()
 
     await nc.subscribe("dl.anomaly.latency.>", cb=on_anomaly)
-    rng = random.Random(2)
-    for i in range(spikes):
-        warm = [[T0 + j, rng.gauss(10, 1)] for j in range(200)]
-        await nc.publish(f"dl.in.latency.s{i}", json.dumps(warm).encode())
-    await nc.flush()
-    await asyncio.sleep(1.0)
+    await warm_up(nc, "latency", spikes, seed=2)
     latencies = []
     for i in range(spikes):
         signal.clear()
@@ -176,12 +181,7 @@ async def loaded_latency(url: str, s: Scenario, rate_eps: float, seconds: float)
 
     await nc.subscribe("dl.anomaly.loaded.>", cb=on_anomaly)
     spikes = max(int(seconds * 10), 5)
-    rng = random.Random(3)
-    for i in range(spikes):
-        warm = [[T0 + j, rng.gauss(10, 1)] for j in range(200)]
-        await nc.publish(f"dl.in.loaded.s{i}", json.dumps(warm).encode())
-    await nc.flush()
-    await asyncio.sleep(2.0)
+    await warm_up(nc, "loaded", spikes, seed=3)
     messages = int(rate_eps * seconds / s.points_per_message) + 1
     load = payloads(replace(s, messages=messages), tenant="load")
     headers = MSGPACK if s.columnar else None
