@@ -62,7 +62,8 @@ async def test_a_lease_has_one_holder_and_expires_when_not_renewed(nc: Client) -
         assert a.valid(0)
         await eventually(lambda: b.state(0) is LeaseState.TAKEN)
         stale = b.cache.seen("p.0")
-        assert await a.renew() == []
+        await a.renew(a.cache.kv)
+        assert a.take_lost() == []
         await eventually(lambda: b.cache.seen("p.0") != stale)
         fresh = b.cache.seen("p.0")
         assert stale is not None and fresh is not None
@@ -75,7 +76,8 @@ async def test_a_lease_has_one_holder_and_expires_when_not_renewed(nc: Client) -
         await eventually(lambda: b.state(0) is LeaseState.EXPIRED, timeout=3)
         previous = await b.acquire(0)
         assert previous is not None and previous.node == "a"
-        assert await a.renew() == [0]  # a learns it lost the lease
+        await a.renew(a.cache.kv)
+        assert a.take_lost() == [0]  # a learns it lost the lease
         assert not a.valid(0) and b.valid(0)
     finally:
         await a.cache.stop()

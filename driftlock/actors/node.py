@@ -157,6 +157,8 @@ class Node:
                 heartbeat_s=min(s.member_ttl_s, s.lease_ttl_s) / 4,
                 snapshot_interval_s=s.snapshot_interval_s,
                 max_concurrent_moves=s.max_concurrent_moves,
+                nats_url=s.nats_url,
+                prefix=s.prefix,
                 address=f"{s.metrics_host}:{self.metrics_port}" if self.metrics_port else "",
             ),
             supervisor=self.supervisor,

@@ -1,8 +1,9 @@
 """The cluster side of a node's supervisor (DESIGN §3).
 
-Every heartbeat it renews its leases and its membership record, computes the desired owner
-of each partition by rendezvous hashing over the live members, hands off the partitions it
-should no longer own and takes the ones it should, a few at a time. A handoff is: stop the
+Its heartbeat thread renews the leases and the membership record; every beat the
+coordinator computes the desired owner of each partition by rendezvous hashing over the live
+members, hands off the partitions it should no longer own and takes the ones it should, a
+few at a time. A handoff is: stop the
 worker (it finishes its batch), upload the partition's snapshot, release the lease. A take
 is: acquire the lease, restore the snapshot if it is newer than the local copy, start the
 worker, which replays from `last_applied_seq + 1`.
@@ -18,6 +19,7 @@ from typing import Any
 
 from driftlock.actors.metrics import NodeMetrics
 from driftlock.actors.supervisor import Supervisor
+from driftlock.cluster.heartbeat import HeartbeatThread
 from driftlock.cluster.leases import Leases, LeaseState
 from driftlock.cluster.membership import Membership
 from driftlock.cluster.records import MemberRecord, PartitionLoad
@@ -39,6 +41,8 @@ class CoordinatorConfig:
     heartbeat_s: float
     snapshot_interval_s: float
     max_concurrent_moves: int
+    nats_url: str
+    prefix: str
     address: str = ""
 
 
@@ -66,6 +70,13 @@ class Coordinator:
         self._loop_task: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self._closing = False
+        self._heartbeat = HeartbeatThread(
+            nats_url=config.nats_url,
+            prefix=config.prefix,
+            leases=leases,
+            member=self._member_record(),
+            interval_s=config.heartbeat_s,
+        )
 
     def wake(self) -> None:
         """Something changed in the buckets: rebalance now instead of at the next beat."""
@@ -79,6 +90,7 @@ class Coordinator:
         await self._membership.start()
         await self._leases.cache.start()
         await self._membership.heartbeat(self._member_record())
+        await asyncio.to_thread(self._heartbeat.start)
         self._loop_task = asyncio.create_task(self._run(), name="cluster-coordinator")
 
     async def restart_watches(self) -> None:
@@ -96,9 +108,12 @@ class Coordinator:
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self._moving.values(), return_exceptions=True)
+        self._heartbeat.stop_membership()
         with contextlib.suppress(Exception):
             await self._membership.leave()
+        # Leases stay renewed until each partition is handed off.
         await asyncio.gather(*(self._release(p) for p in sorted(self._leases.held())))
+        await asyncio.to_thread(self._heartbeat.stop)
         await self._membership.stop()
         await self._leases.cache.stop()
 
@@ -119,7 +134,7 @@ class Coordinator:
     async def _beat(self) -> None:
         if self._closing:
             return
-        for partition in await self._leases.renew():
+        for partition in self._leases.take_lost():
             await self._abandon(partition, cause="taken")
         for partition in sorted(self._leases.held() - set(self._moving)):
             if not self._leases.valid(partition):
@@ -128,7 +143,7 @@ class Coordinator:
                 # Its worker stopped on a lapse the renewal has since repaired.
                 log.info("partition resumed", extra={"partition": partition})
                 self._supervisor.start_partition(partition)
-        await self._membership.heartbeat(self._member_record())
+        self._heartbeat.update_member(self._member_record())
         if not self._closing:
             self._rebalance()
             self._snapshot_when_due()

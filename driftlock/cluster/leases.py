@@ -10,6 +10,7 @@ the compare-and-set fail; it can never hand one lease to two nodes.
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,9 +40,9 @@ class Held:
     revision: int
     valid_until: float  # time.monotonic()
     record: LeaseRecord
-    # A renewal and a release of one lease must not race: both compare-and-set on the
-    # revision, and the loser would take a live lease for lost.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Renewals run on the heartbeat thread, releases on the node's loop. They must not race:
+    # both compare-and-set on the revision, and the loser would take a live lease for lost.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Leases:
@@ -57,9 +58,18 @@ class Leases:
         self._kv, self._node_id, self._instance, self._ttl = kv, node_id, instance, ttl_s
         self.cache: KvCache[LeaseRecord] = KvCache(kv, LeaseRecord, on_change)
         self._held: dict[int, Held] = {}
+        self._lost: list[int] = []
+        self._guard = threading.Lock()  # _held and _lost are shared with the heartbeat thread
 
     def held(self) -> set[int]:
-        return set(self._held)
+        with self._guard:
+            return set(self._held)
+
+    def take_lost(self) -> list[int]:
+        """Partitions whose lease another node took since the last call."""
+        with self._guard:
+            lost, self._lost = self._lost, []
+        return lost
 
     def valid(self, partition: int) -> bool:
         held = self._held.get(partition)
@@ -96,47 +106,52 @@ class Leases:
                 revision = await self._kv.update(key, _encoder.encode(mine), last=seen.revision)
         except KeyWrongLastSequenceError:
             return None
-        self._held[partition] = Held(revision, sent + self._ttl, mine)
+        with self._guard:
+            self._held[partition] = Held(revision, sent + self._ttl, mine)
         return previous
 
-    async def renew(self) -> list[int]:
-        """Renew every held lease; returns the partitions whose lease another node took.
-        A renewal that fails for any other reason (NATS unreachable) leaves the lease to
-        lapse on its own, which `valid()` reports."""
-        held = list(self._held.items())
-        results = await asyncio.gather(*(self._renew_one(p, h) for p, h in held))
-        return [p for (p, _), kept in zip(held, results, strict=True) if not kept]
+    async def renew(self, kv: KeyValue) -> None:
+        """Renew every held lease through `kv` (the heartbeat thread's own connection). A
+        lease another node took goes to `take_lost()`; a renewal that fails for another
+        reason (NATS unreachable) leaves the lease to lapse, which `valid()` reports."""
+        with self._guard:
+            held = list(self._held.items())
+        await asyncio.gather(*(self._renew_one(kv, p, h) for p, h in held))
 
-    async def _renew_one(self, partition: int, held: Held) -> bool:
-        async with held.lock:
+    async def _renew_one(self, kv: KeyValue, partition: int, held: Held) -> None:
+        with held.lock:  # on the heartbeat thread: blocks only that thread, briefly
             if self._held.get(partition) is not held:
-                return True  # released meanwhile
-            return await self._update(partition, held)
-
-    async def _update(self, partition: int, held: Held) -> bool:
-        sent = time.monotonic()
-        try:
-            revision = await self._kv.update(
-                lease_key(partition), _encoder.encode(held.record), last=held.revision
-            )
-        except KeyWrongLastSequenceError:
-            if self._held.get(partition) is held:
-                del self._held[partition]
-            return False
-        except Exception as exc:
-            log.warning("lease renewal failed", extra={"partition": partition, "error": repr(exc)})
-            return True
-        held.revision, held.valid_until = revision, sent + self._ttl
-        return True
+                return  # released meanwhile
+            sent = time.monotonic()
+            try:
+                revision = await kv.update(
+                    lease_key(partition), _encoder.encode(held.record), last=held.revision
+                )
+            except KeyWrongLastSequenceError:
+                with self._guard:
+                    if self._held.get(partition) is held:
+                        del self._held[partition]
+                        self._lost.append(partition)
+                return
+            except Exception as exc:
+                log.warning(
+                    "lease renewal failed", extra={"partition": partition, "error": repr(exc)}
+                )
+                return
+            held.revision, held.valid_until = revision, sent + self._ttl
 
     async def release(self, partition: int, *, stop_requested_at: float, snapshot_seq: int) -> None:
         """Mark the lease free for the next owner (only if it is still ours)."""
         held = self._held.get(partition)
         if held is None:
             return
-        async with held.lock:
-            self._held.pop(partition, None)
+        await asyncio.to_thread(held.lock.acquire)  # never block the node's loop on it
+        try:
+            with self._guard:
+                self._held.pop(partition, None)
             await self._mark_released(partition, held, stop_requested_at, snapshot_seq)
+        finally:
+            held.lock.release()
 
     async def _mark_released(
         self, partition: int, held: Held, stop_requested_at: float, snapshot_seq: int
@@ -153,4 +168,5 @@ class Leases:
 
     def forget(self, partition: int) -> None:
         """Stop renewing a lease that lapsed; it is reacquired through `acquire`."""
-        self._held.pop(partition, None)
+        with self._guard:
+            self._held.pop(partition, None)
