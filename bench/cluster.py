@@ -21,7 +21,7 @@ import nats
 import numpy as np
 from nats.aio.client import Client
 
-from bench.common import print_table, spawn_driftlock, write_results
+from bench.common import print_table, scrape_counter, spawn_driftlock, write_results
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.cluster.rendezvous import assignment
@@ -72,28 +72,10 @@ async def load_state(nc: Client, streams: int, points: int) -> int:
     return streams * points
 
 
-async def applied(nc: Client, tenant: str, partitions: int) -> int:
-    """Points applied for `tenant`, gathered from the owners; -1 until all partitions answer."""
-    total, covered = 0, set[int]()
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(f"dl.q.metrics.{tenant}", b"", reply=inbox)
-    try:
-        while len(covered) < partitions:
-            msg = await sub.next_msg(timeout=2)
-            body = json.loads(msg.data)
-            covered |= set(body["partitions"])
-            total += sum(m["points"] for m in body["metrics"])
-    except Exception:
-        return -1
-    finally:
-        await sub.unsubscribe()
-    return total
-
-
-async def wait_applied(nc: Client, partitions: int, points: int, timeout: float) -> None:
+async def wait_applied(ports: list[int], points: int, timeout: float) -> None:
+    """Until the nodes' applied-events counters add up to `points`."""
     deadline = time.monotonic() + timeout
-    while await applied(nc, "bench", partitions) != points:
+    while sum(scrape_counter(p, "driftlock_events_applied_total") for p in ports) < points:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{points} points not applied within {timeout}s")
         await asyncio.sleep(0.5)
@@ -103,7 +85,7 @@ def node_args(url: str, base: Path, name: str, partitions: int, lease_s: float) 
     return [
         "node",
         *("--nats-url", url, "--data-dir", str(base / name), "--node-id", name),
-        *("--partitions", str(partitions), "--metrics-port", "-1"),
+        *("--partitions", str(partitions), "--metrics-port", "0"),
         *("--lease-ttl-s", str(lease_s), "--member-ttl-s", str(lease_s)),
     ]
 
@@ -126,13 +108,15 @@ async def run(partitions: int, streams: int, points: int, lease_s: float) -> dic
     nc = await nats.connect(url)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        ports = []
         for name in ("n1", "n2"):
-            processes[name], _ = spawn_driftlock(
+            processes[name], record = spawn_driftlock(
                 node_args(url, base, name, partitions, lease_s), base / name, "node started"
             )
+            ports.append(int(record["metrics_port"]))
         await wait_for(nc, partitions, _share({"n1": 1, "n2": 1}, partitions), 60)
         loaded = await load_state(nc, streams, points)
-        await wait_applied(nc, partitions, loaded, 600)  # rebalance a settled cluster
+        await wait_applied(ports, loaded, 900)  # rebalance a settled cluster
 
         started = time.monotonic()
         processes["n3"], _ = spawn_driftlock(
