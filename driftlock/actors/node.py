@@ -84,7 +84,8 @@ class Node:
         self._store = store = StateStore(
             s.data_dir / "state", map_size=s.lmdb_map_size, sync=s.lmdb_sync
         )
-        self._tuning = await TuningWatch.start(js, s.prefix)
+        self._tuning = await TuningWatch.start(js, s.prefix, replicas=s.replicas)
+        on_reconnected(nc, self._tuning.restart)
         detector = Detector(s.detector, tuning=self._tuning.for_stream)
         config = WorkerConfig(
             partitions=s.partitions,

@@ -4,10 +4,8 @@ when an actor applies a batch. Resolution is memoised per stream until the tenan
 changes, so the hot path is two dict lookups."""
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
-from nats.js.kv import KeyValue
 
+from driftlock.bus.buckets import key_value
 from driftlock.detect.tuning import (
     BUCKET,
     DEFAULT_TUNING,
@@ -20,26 +18,22 @@ from driftlock.gateway.kvcache import KvCache
 MEMO_LIMIT = 100_000
 
 
-async def detection_bucket(js: JetStreamContext, prefix: str) -> KeyValue:
-    name = f"{prefix}_{BUCKET}"
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=name, storage=StorageType.FILE, history=1)
-        )
-
-
 class TuningWatch:
     def __init__(self, cache: KvCache[DetectionConfig]) -> None:
         self._cache = cache
         self._resolved: dict[tuple[str, str], tuple[DetectionConfig, StreamTuning]] = {}
 
     @classmethod
-    async def start(cls, js: JetStreamContext, prefix: str) -> "TuningWatch":
-        cache = KvCache(await detection_bucket(js, prefix), DetectionConfig)
+    async def start(cls, js: JetStreamContext, prefix: str, *, replicas: int) -> "TuningWatch":
+        # The gateway creates the same bucket the same way; whoever comes first creates it.
+        bucket = await key_value(js, f"{prefix}_{BUCKET}", replicas=replicas)
+        cache = KvCache(bucket, DetectionConfig)
         await cache.start()
         return cls(cache)
+
+    async def restart(self) -> None:
+        """Load the bucket again (after a reconnect: the watch may have missed changes)."""
+        await self._cache.restart()
 
     async def stop(self) -> None:
         await self._cache.stop()
