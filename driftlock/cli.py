@@ -68,7 +68,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway": (
         "Run the HTTP gateway against an existing NATS server (--nats-url). Stateless: run "
         "as many as you like behind a load balancer.",
-        (*COMMON, "nats_url", "node_id", *GATEWAY),
+        (*COMMON, "nats_url", "node_id", "replicas", *GATEWAY),
     ),
     "node": (
         "Run one node against an existing NATS server (--nats-url). The server must map "
@@ -85,6 +85,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
             "node_id",
             "metrics_host",
             "alert_metrics_port",
+            "replicas",
             *ALERTER,
             "gateway_host",
             "gateway_port",

@@ -162,7 +162,12 @@ async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
         try:
             js = nc.jetstream()
             assert (await js.stream_info("DL_EVENTS")).config.num_replicas == 3
-            assert (await js.stream_info("KV_dl_tenants")).config.num_replicas == 3
+            streams = [info async for info in _streams(js)]
+            assert {i.config.name for i in streams} >= {"KV_dl_tenants", "KV_dl_leases"}
+            assert any(i.config.name.startswith("KV_dl_alert_") for i in streams)
+            assert {i.config.num_replicas for i in streams} == {3}, [
+                (i.config.name, i.config.num_replicas) for i in streams
+            ]
         finally:
             await nc.close()
         view = json.loads(cli(found.group(1), "status", "--json"))
@@ -173,3 +178,8 @@ async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
         code = await asyncio.wait_for(up.wait(), 60)
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "nats").iterdir()) == ["n0", "n1", "n2"]
+
+
+async def _streams(js: Any) -> Any:
+    for info in await js.streams_info():
+        yield info

@@ -48,6 +48,7 @@ class AlerterConfig:
     metrics_port: int = -1
     defaults: Defaults = field(default_factory=Defaults)
     consumer_check_s: float = 30.0
+    replicas: int = 1
 
 
 class Alerter:
@@ -80,7 +81,7 @@ class Alerter:
     async def start(self) -> None:
         c = self.config
         self._nc = nc = await connect(c.nats_url, name=f"driftlock-{c.worker}")
-        self._store = store = AlertingStore(nc.jetstream(), c.prefix)
+        self._store = store = AlertingStore(nc.jetstream(), c.prefix, replicas=c.replicas)
         await store.start()
         _after_reconnect(nc, store.restart_watches)
         self._http = httpx.AsyncClient(follow_redirects=False)
@@ -257,4 +258,5 @@ def config_from(settings: "Settings", *, metrics_port: int | None = None) -> Ale
         link_base_url=link,
         metrics_host=s.metrics_host,
         metrics_port=s.alert_metrics_port if metrics_port is None else metrics_port,
+        replicas=s.replicas,
     )

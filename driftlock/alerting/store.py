@@ -10,8 +10,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from driftlock.alerting.config import (
@@ -25,6 +24,7 @@ from driftlock.alerting.config import (
 from driftlock.alerting.incident import Incident
 from driftlock.alerting.records import ChannelHealth, DeadLetter
 from driftlock.alerting.watched import Watched
+from driftlock.bus.buckets import key_value
 from driftlock.gateway.kvcache import KvCache
 
 log = logging.getLogger("driftlock.alerting")
@@ -51,8 +51,11 @@ def tenant_values(cache: Keyed[T], tenant: str) -> list[T]:
 
 
 class AlertingStore:
-    def __init__(self, js: JetStreamContext, prefix: str, retention_s: float = WEEK_S) -> None:
+    def __init__(
+        self, js: JetStreamContext, prefix: str, retention_s: float = WEEK_S, *, replicas: int = 1
+    ) -> None:
         self._js, self._prefix, self._retention_s = js, prefix, retention_s
+        self._replicas = replicas
         self.channels: KvCache[Channel]
         self.routing: KvCache[Routing]
         self.policies: KvCache[Policy]
@@ -109,14 +112,7 @@ class AlertingStore:
 
     async def _bucket(self, suffix: str, ttl: float | None = None) -> KeyValue:
         name = f"{self._prefix}_alert_{suffix}"
-        try:
-            return await self._js.key_value(name)
-        except BucketNotFoundError:
-            config = KeyValueConfig(bucket=name, ttl=ttl, storage=StorageType.FILE, history=1)
-            try:
-                return await self._js.create_key_value(config)
-            except Exception:  # another process created it first
-                return await self._js.key_value(name)
+        return await key_value(self._js, name, replicas=self._replicas, ttl=ttl)
 
     async def _link_key(self) -> bytes:
         """The HMAC key of signed acknowledgement links, shared by alerters and gateways:

@@ -15,4 +15,7 @@ async def key_value(
         config = KeyValueConfig(
             bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas
         )
-        return await js.create_key_value(config)
+        try:
+            return await js.create_key_value(config)
+        except Exception:  # another process created it first
+            return await js.key_value(name)

@@ -120,7 +120,7 @@ class GatewayApp:
         js = nc.jetstream()
         control = ControlPlane(js, s.prefix, s.access_token_ttl_s, replicas=s.replicas)
         await control.start()
-        alerting = AlertingStore(js, s.prefix)
+        alerting = AlertingStore(js, s.prefix, replicas=s.replicas)
         await alerting.start()
         self.gateway = Gateway(
             settings=s,
