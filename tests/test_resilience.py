@@ -2,6 +2,7 @@
 a nats-server restart. It resumes from its last applied sequence, losing nothing and
 applying nothing twice."""
 
+import asyncio
 import json
 
 from nats.aio.client import Client
@@ -33,7 +34,12 @@ async def test_deleted_consumers_are_recreated_at_the_next_sequence(node: Node, 
         await js.delete_consumer("DL_EVENTS", consumer.name)
     await publish(nc, "cpu", 100, 50)
     await eventually(lambda: points(node, "cpu") == 150)
-    consumers = await js.consumers_info("DL_EVENTS")
+    # Idle partitions notice the loss when their pull requests fall silent, a little later.
+    for _ in range(100):
+        consumers = await js.consumers_info("DL_EVENTS")
+        if len(consumers) == TEST_PARTITIONS:
+            break
+        await asyncio.sleep(0.2)
     assert len(consumers) == TEST_PARTITIONS
 
 
