@@ -210,7 +210,10 @@ class Node:
             self._store.close()
         for connection in (self._nc, self._control_nc):
             if connection is not None and not connection.is_closed:
-                await connection.drain()
+                try:
+                    await connection.drain()
+                except Exception as exc:  # state is committed; NATS being unwell is no crash
+                    log.warning("nats drain failed", extra={"error": repr(exc)})
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -112,7 +112,11 @@ class Coordinator:
         with contextlib.suppress(Exception):
             await self._membership.leave()
         # Leases stay renewed until each partition is handed off.
-        await asyncio.gather(*(self._release(p) for p in sorted(self._leases.held())))
+        released = await asyncio.gather(
+            *(self._release(p) for p in sorted(self._leases.held())), return_exceptions=True
+        )
+        for failure in (r for r in released if isinstance(r, Exception)):
+            log.warning("handoff failed at shutdown", extra={"error": repr(failure)})
         await asyncio.to_thread(self._heartbeat.stop)
         await self._membership.stop()
         await self._leases.cache.stop()

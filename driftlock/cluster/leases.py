@@ -165,6 +165,11 @@ class Leases:
             )
         except KeyWrongLastSequenceError:
             log.warning("lease was taken before release", extra={"partition": partition})
+        except Exception as exc:  # NATS unreachable: the lease expires on its own
+            log.warning(
+                "lease release failed; it will expire",
+                extra={"partition": partition, "error": repr(exc)},
+            )
 
     def forget(self, partition: int) -> None:
         """Stop renewing a lease that lapsed; it is reacquired through `acquire`."""
