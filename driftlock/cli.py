@@ -4,6 +4,7 @@ flags win. Run `driftlock <command> --help` for the settings of a command."""
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,7 +16,7 @@ from driftlock.bus.nats_config import mapping_block
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import DriftLockError
 from driftlock.logs import configure_logging
-from driftlock.settings import Settings, load_settings
+from driftlock.settings import NODE_ID_PATTERN, Settings, load_settings
 
 log = logging.getLogger("driftlock.cli")
 
@@ -195,6 +196,10 @@ def _create_tenant(settings: Settings, tenant: str, owner_email: str, plan: str)
 def _cluster(settings: Settings, action: str, args: argparse.Namespace) -> int:
     from driftlock.cluster.operator import set_draining, show_status
 
+    if action != "status" and not re.fullmatch(NODE_ID_PATTERN, args.node):
+        problem = f"NODE {args.node!r}: a node id matches {NODE_ID_PATTERN}"
+        print(f"driftlock: {problem}", file=sys.stderr)
+        return 2
     try:
         if action == "status":
             print(uvloop.run(show_status(settings, as_json=args.json)))

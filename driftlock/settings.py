@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from driftlock.detect import DetectorConfig
 from driftlock.errors import ConfigError
 
+NODE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""Node ids are KV keys and log labels."""
+
 
 def _default_node_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40]
@@ -38,7 +41,7 @@ class Settings(BaseSettings):
     )
     node_id: str = Field(
         default_factory=_default_node_id,
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=NODE_ID_PATTERN,
         description="this node's id, unique in the cluster; a restart with the same id takes "
         "its partitions back at once (default: host-pid)",
     )

@@ -102,6 +102,19 @@ async def test_status_drain_and_undrain(
     await eventually(shared, timeout=15)
 
 
+def test_drain_refuses_a_malformed_node_id() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "driftlock.cli", "cluster", "drain", "no such/node"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("driftlock: NODE 'no such/node': a node id matches")
+
+
 def test_cluster_status_says_clearly_when_nats_is_unreachable() -> None:
     result = subprocess.run(
         [
