@@ -23,7 +23,6 @@ from driftlock.alerting.config import (
 )
 from driftlock.alerting.incident import Incident
 from driftlock.alerting.records import ChannelHealth, DeadLetter
-from driftlock.alerting.watched import Watched
 from driftlock.bus.buckets import key_value
 from driftlock.gateway.kvcache import KvCache
 
@@ -40,7 +39,7 @@ class ConflictError(Exception):
 
 
 class Keyed(Protocol[T_co]):
-    """A watched bucket: KvCache or Watched."""
+    """A watched bucket."""
 
     def items(self) -> Iterator[tuple[str, T_co]]: ...
 
@@ -62,7 +61,7 @@ class AlertingStore:
         self.silences: KvCache[Silence]
         self.windows: KvCache[MaintenanceWindow]
         self.inhibitions: KvCache[Inhibition]
-        self.incidents: Watched[Incident]
+        self.incidents: KvCache[Incident]
         self.health: KvCache[ChannelHealth]
         self.dead_letters: KvCache[DeadLetter]
         self.nflog: KeyValue
@@ -79,7 +78,7 @@ class AlertingStore:
         self.silences = KvCache(await b("silences"), Silence)
         self.windows = KvCache(await b("windows"), MaintenanceWindow)
         self.inhibitions = KvCache(await b("inhibitions"), Inhibition)
-        self.incidents = Watched(await b("incidents", self._retention_s), Incident)
+        self.incidents = KvCache(await b("incidents", self._retention_s), Incident)
         self.health = KvCache(await b("health"), ChannelHealth)
         self.dead_letters = KvCache(await b("deadletters", self._retention_s), DeadLetter)
         self.nflog = await b("nflog", self._retention_s)
@@ -89,7 +88,7 @@ class AlertingStore:
         self.link_key = await self._link_key()
 
     @property
-    def caches(self) -> list[KvCache[Any] | Watched[Incident]]:
+    def caches(self) -> list[KvCache[Any]]:
         return [
             self.channels,
             self.routing,

@@ -89,7 +89,6 @@ class Coordinator:
     async def start(self) -> None:
         await self._membership.start()
         await self._leases.cache.start()
-        await self._membership.heartbeat(self._member_record())
         await asyncio.to_thread(self._heartbeat.start)
         self._loop_task = asyncio.create_task(self._run(), name="cluster-coordinator")
 

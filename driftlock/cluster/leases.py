@@ -75,9 +75,6 @@ class Leases:
         held = self._held.get(partition)
         return held is not None and time.monotonic() < held.valid_until
 
-    def record(self, partition: int) -> LeaseRecord | None:
-        return self.cache.get(lease_key(partition))
-
     def state(self, partition: int) -> LeaseState:
         key = lease_key(partition)
         record, seen = self.cache.get(key), self.cache.seen(key)

@@ -41,9 +41,6 @@ class Membership:
         await self.members.restart()
         await self.drains.restart()
 
-    async def heartbeat(self, record: MemberRecord) -> None:
-        await self.members.kv.put(member_key(record.id), _encoder.encode(record))
-
     async def leave(self) -> None:
         await self.members.kv.delete(member_key(self.node_id))
 

@@ -1,4 +1,5 @@
-"""A local copy of one JetStream KV bucket, kept current by a watch.
+"""A local copy of one JetStream KV bucket, kept current by a watch, with the revision of
+every key (for compare-and-set from the copy) and when this process saw it change.
 
 Reads never touch NATS; writes go to the bucket (the source of truth) and into the copy at
 once, so the writing gateway reads its own writes while the others learn them through their
@@ -12,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 from nats.js.kv import KeyValue
@@ -29,6 +30,14 @@ class Seen:
 
     revision: int
     at: float  # time.monotonic()
+
+
+class Versioned(NamedTuple, Generic[T]):
+    """A value with the revision it was written at, for a compare-and-set from the copy."""
+
+    revision: int
+    value: T | None
+    """None: deleted (the revision is the delete marker's)"""
 
 
 class KvCache(Generic[T]):
@@ -73,24 +82,34 @@ class KvCache(Generic[T]):
     def seen(self, key: str) -> Seen | None:
         return self._seen.get(key)
 
+    def versioned(self, key: str) -> Versioned[T] | None:
+        seen = self._seen.get(key)
+        return Versioned(seen.revision, self._entries.get(key)) if seen is not None else None
+
     async def put(self, key: str, value: T) -> None:
-        await self.kv.put(key, self._encoder.encode(value))
-        self._entries[key] = value
+        revision = await self.kv.put(key, self._encoder.encode(value))
+        self._remember(key, revision, value)
 
     async def create(self, key: str, value: T) -> bool:
         """Put only if absent (compare-and-set on revision 0); False if it exists."""
         try:
-            await self.kv.create(key, self._encoder.encode(value))
+            revision = await self.kv.create(key, self._encoder.encode(value))
         except Exception as exc:  # nats-py raises KeyWrongLastSequenceError / APIError here
             if "wrong last sequence" in str(exc).lower() or "exists" in str(exc).lower():
                 return False
             raise
-        self._entries[key] = value
+        self._remember(key, revision, value)
         return True
 
     async def delete(self, key: str) -> None:
         await self.kv.delete(key)
+        # The marker's revision comes with the watch; until then the key is simply unknown.
         self._entries.pop(key, None)
+        self._seen.pop(key, None)
+
+    def _remember(self, key: str, revision: int, value: T) -> None:
+        self._entries[key] = value
+        self._seen[key] = Seen(revision, time.monotonic())
 
     async def _watch_forever(self) -> None:
         delay = 0.2
@@ -106,32 +125,39 @@ class KvCache(Generic[T]):
 
     async def _watch_once(self) -> None:
         watcher = await self.kv.watchall()
-        fresh: dict[str, T] | None = {}
+        # A reload builds new maps and swaps them in together, so a value is never paired
+        # with a revision from another moment.
+        fresh: tuple[dict[str, T], dict[str, Seen]] | None = ({}, {})
         try:
             async for entry in watcher:
                 if entry is None:  # the initial values are all in
                     if fresh is not None:
-                        self._entries, fresh = fresh, None
+                        (self._entries, self._seen), fresh = fresh, None
                         self._loaded.set()
                         self._changed()
                     continue
-                target = fresh if fresh is not None else self._entries
-                self._seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
-                if entry.operation in ("DEL", "PURGE") or entry.value is None:
-                    target.pop(entry.key, None)
+                entries, seen = fresh if fresh is not None else (self._entries, self._seen)
+                seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
+                value = self._decode(entry.key, entry.operation, entry.value)
+                if value is None:
+                    entries.pop(entry.key, None)
                 else:
-                    try:
-                        target[entry.key] = self._decoder.decode(entry.value)
-                    except msgspec.DecodeError as exc:
-                        log.warning(
-                            "skipping undecodable kv entry",
-                            extra={"key": entry.key, "error": str(exc)},
-                        )
+                    entries[entry.key] = value
                 if fresh is None:
                     self._changed()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _decode(self, key: str, operation: str | None, data: bytes | None) -> T | None:
+        """The entry's value; None for a delete, a purge or an undecodable value."""
+        if operation in ("DEL", "PURGE") or data is None:
+            return None
+        try:
+            return self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            log.warning("skipping undecodable kv entry", extra={"key": key, "error": str(exc)})
+            return None
 
     def _changed(self) -> None:
         if self._on_change is not None:
