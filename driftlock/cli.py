@@ -28,6 +28,7 @@ NODE = (
     "pull_batch",
     "max_points_per_message",
     "passivate_after_s",
+    "max_active_actors",
     "lmdb_map_size",
     "lmdb_sync",
     "events_max_age_s",

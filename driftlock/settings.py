@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     passivate_after_s: float = Field(
         300.0, gt=0, description="idle seconds before an actor leaves memory"
     )
+    max_active_actors: int = Field(
+        50_000,
+        ge=1,
+        description="stream actors a node keeps in memory (about 25 kB each with a full "
+        "detector state); beyond it the least recently used leave for LMDB",
+    )
     lmdb_map_size: int = Field(1 << 36, ge=1 << 20, description="LMDB map size in bytes (virtual)")
     lmdb_sync: bool = Field(True, description="fsync LMDB data pages on commit")
     events_max_age_s: float = Field(7 * 86400, gt=0, description="how long DL_EVENTS keeps events")

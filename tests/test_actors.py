@@ -10,8 +10,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
 from driftlock.bus.partition import partition_of
+from driftlock.detect import Detector
 from driftlock.settings import Settings
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
 
@@ -93,3 +95,50 @@ async def test_idle_actors_are_passivated_and_reactivated_with_their_state(
     assert metric(text, "driftlock_partition_lag", f'{{partition="{p}"}}') == 0
     assert metric(text, "driftlock_partition_last_applied_seq", f'{{partition="{p}"}}') > 0
     assert metric(text, "driftlock_lmdb_size_bytes") > 0
+
+
+async def test_the_active_actor_limit_evicts_and_evicted_streams_continue_from_lmdb(
+    node_settings: Settings, nc: Client
+) -> None:
+    """One actor in memory for three streams: every round brings two back from LMDB, and
+    each stream ends exactly where one uninterrupted actor fed the same points ends."""
+    node = Node(node_settings.model_copy(update={"max_active_actors": 1}))
+    await node.start()
+    try:
+        rng = np.random.default_rng(11)
+        streams = ["a", "b", "c"]
+        series = {m: 50 + rng.normal(0, 2, 300) for m in streams}
+        series["a"][250] = 120.0  # a spike only a warm detector catches
+        for r in range(3):
+            for m in streams:
+                chunk = [[T0 + i, series[m][i]] for i in range(100 * r, 100 * (r + 1))]
+                await nc.publish(f"dl.in.acme.{m}", json.dumps(chunk).encode())
+            await nc.flush()
+
+            def round_committed(points: int = 100 * (r + 1)) -> bool:
+                records = [node.store.read_actor(_p(m), "acme", m) for m in streams]
+                return all(rec is not None and rec.points == points for rec in records)
+
+            await eventually(round_committed)
+            assert active(node) <= 1
+
+        text = scrape(node.metrics_port)
+        assert metric(text, "driftlock_actors_max_active") == 1
+        assert metric(text, "driftlock_actor_evictions_total", '{cause="limit"}') >= 6
+        assert metric(text, "driftlock_actor_activations_total", '{source="new"}') == 3
+        assert metric(text, "driftlock_actor_activations_total", '{source="lmdb"}') >= 4
+
+        detector = Detector(node_settings.detector)
+        for m in streams:
+            reference = StreamActor("acme", m, None)
+            ts = T0 + np.arange(300, dtype=np.float64)
+            seqs = np.zeros(300, dtype=np.int64)
+            found = reference.apply(detector, ts, series[m], seqs, np.arange(300))
+            assert node.store.read_actor(_p(m), "acme", m) == reference.record
+            assert (m == "a") == bool(found)  # the spike, caught after two evictions
+    finally:
+        await node.shutdown()
+
+
+def _p(metric: str) -> int:
+    return partition_of("acme", metric, TEST_PARTITIONS)

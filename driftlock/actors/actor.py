@@ -22,6 +22,9 @@ IntArray = npt.NDArray[np.int64]
 class StreamActor:
     __slots__ = ("last_active", "metric", "record", "tenant")
 
+    last_active: float
+    """When its partition last handed it a batch (monotonic; kept by ActiveActors)."""
+
     def __init__(self, tenant: str, metric: str, record: ActorRecord | None) -> None:
         self.tenant, self.metric = tenant, metric
         self.record = record or ActorRecord()
@@ -47,7 +50,6 @@ class StreamActor:
         record.points += len(values)
         record.last_ts, record.last_value = float(ts[-1]), float(values[-1])
         record.anomalies += len(found.anomalies) + len(hits)
-        self.last_active = time.monotonic()
         if not len(found.anomalies) and not hits:
             return []
         now = time.time()

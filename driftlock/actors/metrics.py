@@ -5,9 +5,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from driftlock.actors.residency import ResidencyStatistics
 from driftlock.state.store import StoreStatistics
 
 
@@ -73,8 +74,9 @@ class NodeMetrics:
         self,
         workers: Callable[[], Iterable[WorkerStatistics]],
         store: Callable[[], StoreStatistics],
+        actors: Callable[[], ResidencyStatistics],
     ) -> None:
-        self.registry.register(_SnapshotCollector(workers, store))
+        self.registry.register(_SnapshotCollector(workers, store, actors))
 
 
 class _SnapshotCollector(Collector):
@@ -82,8 +84,9 @@ class _SnapshotCollector(Collector):
         self,
         workers: Callable[[], Iterable[WorkerStatistics]],
         store: Callable[[], StoreStatistics],
+        actors: Callable[[], ResidencyStatistics],
     ) -> None:
-        self._workers, self._store = workers, store
+        self._workers, self._store, self._actors = workers, store, actors
 
     def collect(self) -> Iterable[Metric]:
         lag = GaugeMetricFamily(
@@ -106,7 +109,31 @@ class _SnapshotCollector(Collector):
         yield lag
         yield applied
         yield actors
+        yield from self._residency()
         yield GaugeMetricFamily("driftlock_lmdb_size_bytes", "LMDB used size", store.size_bytes)
         yield GaugeMetricFamily(
             "driftlock_lmdb_transactions", "LMDB write transactions", store.transactions
         )
+
+    def _residency(self) -> Iterable[Metric]:
+        r = self._actors()
+        yield GaugeMetricFamily(
+            "driftlock_actors_max_active", "Actors a node keeps in memory at most", r.max_active
+        )
+        activations = CounterMetricFamily(
+            "driftlock_actor_activations",
+            "Actors brought into memory: a new stream, or restored from LMDB",
+            labels=["source"],
+        )
+        activations.add_metric(["new"], r.created)
+        activations.add_metric(["lmdb"], r.restored)
+        yield activations
+        evictions = CounterMetricFamily(
+            "driftlock_actor_evictions",
+            "Actors that left memory (their state stays in LMDB): idle for "
+            "--passivate-after-s, or least recently used beyond --max-active-actors",
+            labels=["cause"],
+        )
+        evictions.add_metric(["idle"], r.evicted_idle)
+        evictions.add_metric(["limit"], r.evicted_limit)
+        yield evictions

@@ -15,6 +15,7 @@ from driftlock.actors.guard import SubjectGuard
 from driftlock.actors.metrics import NodeMetrics
 from driftlock.actors.partition import PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
+from driftlock.actors.residency import ActiveActors
 from driftlock.actors.supervisor import Supervisor
 from driftlock.actors.tuning_watch import TuningWatch
 from driftlock.bus.buckets import key_value
@@ -91,8 +92,10 @@ class Node:
             partitions=s.partitions,
             pull_batch=s.pull_batch,
             max_points_per_message=s.max_points_per_message,
-            passivate_after_s=s.passivate_after_s,
         )
+        # One budget for the whole node: memory follows the actors in it, whatever the
+        # number of partitions or of streams ever seen.
+        actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)
 
         def owns(partition: int) -> bool:
             return self._coordinator is not None and self._coordinator.owns(partition)
@@ -107,11 +110,12 @@ class Node:
                 detector=detector,
                 metrics=self.metrics,
                 config=config,
+                actors=actors,
                 owns=owns,
             )
 
         self._supervisor = Supervisor(make_worker, s.node_id)
-        self.metrics.watch(self._supervisor.statistics, store.statistics)
+        self.metrics.watch(self._supervisor.statistics, store.statistics, actors.statistics)
         self._start_metrics_server()
         self._guard = SubjectGuard(nc, subjects, self.metrics)
         await self._guard.start()

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
+from driftlock.actors.residency import ActiveActors
 from driftlock.bus.feed import Delivery, PartitionFeed
 from driftlock.bus.partition import partition_of
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
@@ -46,7 +47,6 @@ class WorkerConfig:
     partitions: int
     pull_batch: int
     max_points_per_message: int
-    passivate_after_s: float
 
 
 class PartitionWorker:
@@ -61,6 +61,7 @@ class PartitionWorker:
         detector: Detector,
         metrics: NodeMetrics,
         config: WorkerConfig,
+        actors: ActiveActors,
         owns: Callable[[int], bool] = lambda partition: True,
     ) -> None:
         self.partition = partition
@@ -68,10 +69,10 @@ class PartitionWorker:
         self._nc, self._js, self._store = nc, js, store
         self._subjects, self._detector, self._metrics = subjects, detector, metrics
         self._config = config
-        self._actors: dict[StreamKey, StreamActor] = {}
+        self._actors = actors
+        self._owner = actors.owner()  # this instance's actors only, never a predecessor's
         self._stopping = asyncio.Event()
         self._feed: PartitionFeed | None = None
-        self._last_passivation = time.monotonic()
         self.last_applied_seq = 0
 
     def statistics(self) -> WorkerStatistics:
@@ -79,7 +80,7 @@ class PartitionWorker:
             partition=self.partition,
             last_applied_seq=self.last_applied_seq,
             lag=self._feed.pending if self._feed else 0,
-            active_actors=len(self._actors),
+            active_actors=self._actors.active(self._owner),
         )
 
     @property
@@ -107,8 +108,11 @@ class PartitionWorker:
                 batch = await self._feed.next_batch(self._config.pull_batch)
                 if batch:
                     await self._process(batch)
-                self._passivate_idle()
+                # Any worker's actors may leave, even mid-batch: residency.py says why
+                # that is safe.
+                self._actors.passivate_idle()
         finally:
+            self._actors.drop(self._owner)
             await self._feed.stop()
 
     async def _process(self, batch: list[Delivery]) -> None:
@@ -197,10 +201,11 @@ class PartitionWorker:
         return None
 
     def _actor(self, tenant: str, metric: str) -> StreamActor:
-        actor = self._actors.get((tenant, metric))
+        actor = self._actors.get(self._owner, tenant, metric)
         if actor is None:
             record = self._store.read_actor(self.partition, tenant, metric)
-            actor = self._actors[(tenant, metric)] = StreamActor(tenant, metric, record)
+            actor = StreamActor(tenant, metric, record)
+            self._actors.add(self._owner, actor, restored=record is not None)
         return actor
 
     async def _publish_anomalies(self, anomalies: list[Anomaly]) -> None:
@@ -235,17 +240,6 @@ class PartitionWorker:
     async def _publish_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:
             await self._nc.publish(self._subjects.rejected(r.tenant), json_encoder.encode(r))
-
-    def _passivate_idle(self) -> None:
-        now = time.monotonic()
-        if now - self._last_passivation < 1.0:
-            return
-        self._last_passivation = now
-        horizon = now - self._config.passivate_after_s
-        # Runs between batches, when every actor's state is committed.
-        idle = [k for k, a in self._actors.items() if a.last_active < horizon]
-        for key in idle:
-            del self._actors[key]
 
     def _count(
         self,

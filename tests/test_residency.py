@@ -1,0 +1,74 @@
+"""The node's budget of actors in memory: least recently used leave first, idle ones leave
+after the passivation delay, a worker only ever sees its own actors, and a big sweep hands the
+freed memory back (an injected clock and trim, no sleeping)."""
+
+from driftlock.actors.actor import StreamActor
+from driftlock.actors.residency import TRIM_AFTER_ACTORS, ActiveActors, release_free_memory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_least_recently_used_actor_leaves_beyond_the_limit() -> None:
+    actors = ActiveActors(max_active=2, idle_s=60, clock=Clock())
+    owner = actors.owner()
+    for m in ("a", "b"):
+        actors.add(owner, StreamActor("t", m, None), restored=False)
+    assert actors.get(owner, "t", "a") is not None  # a is now more recent than b
+    actors.add(owner, StreamActor("t", "c", None), restored=True)
+    assert actors.get(owner, "t", "b") is None
+    assert actors.get(owner, "t", "a") is not None and actors.get(owner, "t", "c") is not None
+    stats = actors.statistics()
+    assert (stats.active, stats.created, stats.restored, stats.evicted_limit) == (2, 2, 1, 1)
+    assert actors.active(owner) == 2
+
+
+def test_idle_actors_leave_after_the_delay_whichever_worker_holds_them() -> None:
+    clock = Clock()
+    actors = ActiveActors(max_active=100, idle_s=10, clock=clock)
+    first, second = actors.owner(), actors.owner()
+    actors.add(first, StreamActor("t", "old", None), restored=False)
+    clock.now += 8
+    actors.add(second, StreamActor("t", "new", None), restored=False)
+    assert actors.passivate_idle() == 0  # swept at most once a second
+    clock.now += 3
+    assert actors.passivate_idle() == 1
+    assert actors.get(first, "t", "old") is None and actors.active(first) == 0
+    clock.now += 0.5
+    assert actors.passivate_idle() == 0
+    clock.now += 10
+    assert actors.passivate_idle() == 1
+    assert len(actors) == 0 and actors.statistics().evicted_idle == 2
+
+
+def test_a_worker_never_sees_another_instances_actors() -> None:
+    actors = ActiveActors(max_active=100, idle_s=60, clock=Clock())
+    failed, replacement = actors.owner(), actors.owner()
+    actors.add(failed, StreamActor("t", "m", None), restored=False)
+    assert actors.get(replacement, "t", "m") is None
+    actors.add(replacement, StreamActor("t", "m", None), restored=True)
+    assert actors.drop(failed) == 1
+    assert actors.get(replacement, "t", "m") is not None and len(actors) == 1
+
+
+def test_a_big_sweep_trims_the_heap_once() -> None:
+    clock = Clock()
+    trims: list[int] = []
+    actors = ActiveActors(
+        max_active=10 * TRIM_AFTER_ACTORS,
+        idle_s=1,
+        clock=clock,
+        release=lambda: trims.append(len(actors)),
+    )
+    owner = actors.owner()
+    for i in range(TRIM_AFTER_ACTORS + 5):
+        actors.add(owner, StreamActor("t", f"m{i}", None), restored=False)
+    clock.now += 2
+    assert actors.passivate_idle() == TRIM_AFTER_ACTORS + 5
+    assert trims == [0] and actors.statistics().trims == 1
+    release_free_memory()  # the real one runs (a no-op where there is no glibc)
