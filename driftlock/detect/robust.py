@@ -10,19 +10,15 @@
   window before them, as |log ratio| (a variance change, a burst of spikes).
 """
 
+import math
 from typing import NamedTuple
 
-import bottleneck as bn
 import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect.calibrate import EPOCH
-from driftlock.detect.rolling import (
-    FloatArray,
-    before_each_point,
-    extend,
-    rolling_median,
-)
+from driftlock.detect.jit import jit
+from driftlock.detect.rolling import FloatArray, median_before
 from driftlock.detect.state import DetectorState, floats, tail
 
 MAD_TO_SIGMA = 1.4826
@@ -67,92 +63,99 @@ def robust_scores(
     """Raw scores of the three detectors for the batch, the last n entries of `series` (the
     stored values, then the batch), and the history fields to store; the CUSUM only counts the
     `counted` points (after the warm-up, and not explained by the seasonal profile)."""
-    values = series[-n:]
-    if len(series) > n:
-        steps = np.abs(series[-n:] - series[-n - 1 : -1])
-    else:  # the stream's first point has no step
-        steps = np.abs(values - np.concatenate(([np.nan], values[:-1])))
-    diff_series = extend(floats(state.diffs), steps)
-
-    medians = rolling_median(series, window)
-    median = before_each_point(medians, n)
-    dev = np.abs(values - median)
-    dev_series = extend(floats(state.devs), dev)
-    mad = before_each_point(rolling_median(dev_series, window), n)
-    floor, scales = _long_run_floor(state, mad)
-    # NaN (nothing before the point to measure from) stays NaN: no score.
-    scale = np.maximum(
-        MAD_TO_SIGMA * mad, np.maximum(floor, _TINY * np.maximum(1.0, np.abs(median)))
+    (level, shift, volatility, median, scale, steps, built, diffs, devs, scales, up, down) = (
+        _robust_kernel(
+            series,
+            n,
+            window,
+            counted,
+            floats(state.diffs),
+            floats(state.devs),
+            floats(state.scales),
+            state.count,
+            state.cusum_up,
+            state.cusum_down,
+        )
     )
-    level = dev / scale
-    known = np.isfinite(level)
-
-    signed = np.where(known & counted, (values - median) / scale, 0.0)
-    up, down, cusum_fields = _cusum(state, signed)
-
-    short = rolling_median(diff_series[-n - SHORT + 1 :], SHORT)[-n:]
-    long = before_each_point(rolling_median(diff_series, window), n, SHORT)
-    eps = VOLATILITY_EPS * scale
-    volatility = np.abs(np.log((short + eps) / (long + eps)))
-
-    keep = window + SHORT
-    up_before = np.concatenate(([state.cusum_up], up[:-1]))
-    down_before = np.concatenate(([state.cusum_down], down[:-1]))
-    built = np.where(signed >= 0, up_before, down_before) / CUSUM_UNIT
-    scores = RobustScores(
-        np.where(known, level, 0.0),
-        np.maximum(up, down) / CUSUM_UNIT,
-        np.where(np.isfinite(volatility), volatility, 0.0),
-        median,
-        scale,
-        steps,
-        built,
-    )
+    scores = RobustScores(level, shift, volatility, median, scale, steps, built)
     return scores, {
-        "values": tail(series, keep),
-        "diffs": tail(diff_series, keep),
-        "devs": tail(dev_series, window),
-        "scales": scales,
-        **cusum_fields,
+        "values": tail(series, window + SHORT),
+        "diffs": diffs.tobytes(),
+        "devs": devs.tobytes(),
+        "scales": scales.tobytes(),
+        "cusum_up": up,
+        "cusum_down": down,
     }
 
 
-def _long_run_floor(state: DetectorState, mad: FloatArray) -> tuple[FloatArray | float, bytes]:
-    """A floor under the scale: LONG_RUN_FLOOR × the median of the scales recorded at the last
-    LONG_RUN epoch boundaries (absolute positions), so that after a flat stretch the first
-    ordinary wiggle is not a thousand-sigma event."""
-    n = len(mad)
-    ring = floats(state.scales)
-    value = LONG_RUN_FLOOR * MAD_TO_SIGMA * float(bn.median(ring)) if len(ring) else 0.0
-    boundaries = range((-state.count) % EPOCH, n, EPOCH)
-    if not boundaries:
-        return value, state.scales
-    floor = np.empty(n)
-    a = 0
-    for b in boundaries:
-        floor[a:b] = value
-        if np.isfinite(mad[b]):
-            ring = np.append(ring, mad[b])[-LONG_RUN:]
-            value = LONG_RUN_FLOOR * MAD_TO_SIGMA * float(bn.median(ring))
-        a = b
-    floor[a:] = value
-    return floor, ring.tobytes()
+@jit
+def _robust_kernel(
+    series: FloatArray,
+    n: int,
+    window: int,
+    counted: npt.NDArray[np.bool_],
+    old_diffs: FloatArray,
+    old_devs: FloatArray,
+    ring: FloatArray,
+    count: int,
+    cusum_up: int,
+    cusum_down: int,
+) -> tuple[
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    int,
+    int,
+]:
+    h = len(series) - n
+    diffs = np.empty(len(old_diffs) + n)
+    diffs[: len(old_diffs)] = old_diffs
+    devs = np.empty(len(old_devs) + n)
+    devs[: len(old_devs)] = old_devs
+    for j in range(n):
+        p = h + j
+        diffs[len(old_diffs) + j] = abs(series[p] - series[p - 1]) if p > 0 else np.nan
+    median = median_before(series, h, n, window, 1)
+    for j in range(n):
+        devs[len(old_devs) + j] = abs(series[h + j] - median[j])
+    mad = median_before(devs, len(old_devs), n, window, 1)
+    short = median_before(diffs, len(old_diffs), n, SHORT, 0)
+    long = median_before(diffs, len(old_diffs), n, window, SHORT)
 
-
-def _cusum(
-    state: DetectorState, signed: FloatArray
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], dict[str, int]]:
-    """u_t = max(0, u_{t-1} + a_t) for both sides, solved in closed form over the batch:
-    u_t = P_t - min(-u_0, min_{j<=t} P_j), P being the running sum of the steps. Integers, so
-    the sums are exact whatever the batches."""
-    steps = np.rint(np.minimum(np.maximum(signed, -CUSUM_CLIP), CUSUM_CLIP) * CUSUM_UNIT)
-    sides = np.empty((2, len(signed)), dtype=np.int64)
-    sides[0] = steps
-    sides[1] = -steps
-    sides -= _DRIFT
-    np.cumsum(sides, axis=1, out=sides)
-    lowest = np.minimum.accumulate(sides, axis=1)
-    np.minimum(lowest, [[-state.cusum_up], [-state.cusum_down]], out=lowest)
-    sides -= lowest
-    up, down = sides
-    return up, down, {"cusum_up": int(up[-1]), "cusum_down": int(down[-1])}
+    level, shift, volatility = np.empty(n), np.empty(n), np.empty(n)
+    scale, built = np.empty(n), np.empty(n)
+    # The long-run floor: LONG_RUN_FLOOR × the median of the scales recorded at the last
+    # LONG_RUN epoch boundaries (absolute positions), so that after a flat stretch the first
+    # ordinary wiggle is not a thousand-sigma event.
+    floor = LONG_RUN_FLOOR * MAD_TO_SIGMA * np.median(ring) if len(ring) else 0.0
+    for j in range(n):
+        if (count + j) % EPOCH == 0 and math.isfinite(mad[j]):
+            ring = np.append(ring, mad[j])[-LONG_RUN:]
+            floor = LONG_RUN_FLOOR * MAD_TO_SIGMA * np.median(ring)
+        x, mid = series[h + j], median[j]
+        # np.maximum, not max: NaN (nothing before the point to measure from) stays NaN.
+        s = np.maximum(MAD_TO_SIGMA * mad[j], np.maximum(floor, _TINY * max(1.0, abs(mid))))
+        scale[j] = s
+        lv = abs(x - mid) / s
+        known = math.isfinite(lv)
+        level[j] = lv if known else 0.0
+        signed = (x - mid) / s if known and counted[j] else 0.0
+        step = int(np.rint(min(max(signed, -CUSUM_CLIP), CUSUM_CLIP) * CUSUM_UNIT))
+        built[j] = (cusum_up if signed >= 0 else cusum_down) / CUSUM_UNIT
+        cusum_up = max(0, cusum_up + step - _DRIFT)
+        cusum_down = max(0, cusum_down - step - _DRIFT)
+        shift[j] = max(cusum_up, cusum_down) / CUSUM_UNIT
+        eps = VOLATILITY_EPS * s
+        v = abs(np.log((short[j] + eps) / (long[j] + eps)))
+        volatility[j] = v if math.isfinite(v) else 0.0
+    return (
+        level, shift, volatility, median, scale, diffs[len(old_diffs) :], built,
+        diffs[-(window + SHORT) :].copy(), devs[-window:].copy(), ring, cusum_up, cusum_down,
+    )  # fmt: skip

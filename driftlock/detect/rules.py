@@ -7,13 +7,15 @@ twice as long as any run that has ended before (so a stream that has never chang
 a constant, never fires).
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.rolling import FloatArray, before_each_point, extend, rolling_median
-from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.detect.jit import jit
+from driftlock.detect.rolling import FloatArray, median_before
+from driftlock.detect.state import DetectorState, floats
 
 GAP_WINDOW = 64
 GAP_FACTOR = 10.0
@@ -34,45 +36,60 @@ def check_rules(
     state: DetectorState, ts: FloatArray | None, values: FloatArray, warmup: int
 ) -> tuple[RuleFlags, dict[str, object]]:
     n = len(values)
-    scored = state.count + np.arange(n) >= warmup
-    flat, flat_state = _flatline(state, values, scored)
+    history = floats(state.values)
+    last = history[-1] if len(history) and state.count else np.nan
+    flat, run, record = _flatline(
+        values, last, state.count, warmup, state.flat_run, state.flat_record
+    )
+    fields: dict[str, object] = {"flat_run": run, "flat_record": record}
     if ts is None:
         none = np.empty(n)
         none.fill(np.nan)
-        return RuleFlags(np.zeros(n, dtype=bool), flat, none, none), flat_state
-
-    gap = np.empty(n)
-    gap[0] = np.nan if state.last_ts is None else ts[0] - state.last_ts
-    np.subtract(ts[1:], ts[:-1], out=gap[1:])
-    gap_series = extend(floats(state.gaps), gap)
-    interval = before_each_point(rolling_median(gap_series, GAP_WINDOW), n)
-    seen = np.where(scored & np.isfinite(gap), gap, 0.0)
-    record = np.maximum(state.gap_record, np.maximum.accumulate(seen))
-    record_before = np.concatenate(([state.gap_record], record[:-1]))
-    with np.errstate(invalid="ignore"):
-        missing = scored & (gap >= GAP_FACTOR * interval) & (gap > 2.0 * record_before)
-    fields: dict[str, object] = {
-        **flat_state,
-        "gaps": tail(gap_series, GAP_WINDOW),
-        "last_ts": float(ts[-1]),
-        "gap_record": float(record[-1]),
-    }
+        return RuleFlags(np.zeros(n, dtype=bool), flat, none, none), fields
+    last_ts = np.nan if state.last_ts is None else state.last_ts
+    missing, interval, gap, gaps, gap_record = _gaps(
+        ts, last_ts, floats(state.gaps), state.count, warmup, state.gap_record
+    )
+    fields.update(gaps=gaps.tobytes(), last_ts=float(ts[-1]), gap_record=gap_record)
     return RuleFlags(missing, flat, interval, gap), fields
 
 
+@jit
 def _flatline(
-    state: DetectorState, values: FloatArray, scored: BoolArray
-) -> tuple[BoolArray, dict[str, object]]:
+    values: FloatArray, last: float, count: int, warmup: int, run: int, record: int
+) -> tuple[BoolArray, int, int]:
+    """A run of identical values that is FLAT_MIN points long and twice the longest run that
+    ended before it; `last` is the value before the batch (NaN: none)."""
     n = len(values)
-    history = floats(state.values)
-    same = np.empty(n, dtype=bool)
-    same[0] = bool(len(history) and state.count and values[0] == history[-1])
-    np.equal(values[1:], values[:-1], out=same[1:])
-    index = np.arange(n)
-    last_change = np.maximum.accumulate(np.where(same, -1, index))
-    run = np.where(last_change >= 0, index - last_change + 1, state.flat_run + index + 1)
-    # A change at j ends the run before it (at the batch start: the stored run).
-    ended = np.where(~same, np.concatenate(([state.flat_run], run[:-1])), 0)
-    record = np.maximum(state.flat_record, np.maximum.accumulate(ended))
-    flat = scored & (record > 0) & (run == np.maximum(FLAT_MIN, 2 * record))
-    return flat, {"flat_run": int(run[-1]), "flat_record": int(record[-1])}
+    flat = np.empty(n, dtype=np.bool_)
+    for j in range(n):
+        before = values[j - 1] if j else last
+        if values[j] == before:
+            run += 1
+        else:  # a change ends the run before it
+            record = max(record, run)
+            run = 1
+        flat[j] = count + j >= warmup and record > 0 and run == max(FLAT_MIN, 2 * record)
+    return flat, run, record
+
+
+@jit
+def _gaps(
+    ts: FloatArray, last_ts: float, old_gaps: FloatArray, count: int, warmup: int, record: float
+) -> tuple[BoolArray, FloatArray, FloatArray, FloatArray, float]:
+    """A gap GAP_FACTOR times the usual interval (the median of the last GAP_WINDOW gaps) and
+    twice any gap seen since the warm-up; `last_ts` is the time before the batch (NaN: none)."""
+    n = len(ts)
+    gap_series = np.empty(len(old_gaps) + n)
+    gap_series[: len(old_gaps)] = old_gaps
+    gap = gap_series[len(old_gaps) :]
+    for j in range(n):
+        gap[j] = ts[j] - (ts[j - 1] if j else last_ts)
+    interval = median_before(gap_series, len(old_gaps), n, GAP_WINDOW, 1)
+    missing = np.empty(n, dtype=np.bool_)
+    for j in range(n):
+        scored = count + j >= warmup
+        missing[j] = scored and gap[j] >= GAP_FACTOR * interval[j] and gap[j] > 2.0 * record
+        if scored and math.isfinite(gap[j]):
+            record = max(record, gap[j])
+    return missing, interval, gap.copy(), gap_series[-GAP_WINDOW:].copy(), record
