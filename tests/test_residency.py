@@ -18,9 +18,9 @@ def test_the_least_recently_used_actor_leaves_beyond_the_limit() -> None:
     actors = ActiveActors(max_active=2, idle_s=60, clock=Clock())
     owner = actors.owner()
     for m in ("a", "b"):
-        actors.add(owner, StreamActor("t", m, None), restored=False)
+        actors.add(owner, StreamActor("t", m, None), restored_in=None)
     assert actors.get(owner, "t", "a") is not None  # a is now more recent than b
-    actors.add(owner, StreamActor("t", "c", None), restored=True)
+    actors.add(owner, StreamActor("t", "c", None), restored_in=0.001)
     assert actors.get(owner, "t", "b") is None
     assert actors.get(owner, "t", "a") is not None and actors.get(owner, "t", "c") is not None
     stats = actors.statistics()
@@ -32,9 +32,9 @@ def test_idle_actors_leave_after_the_delay_whichever_worker_holds_them() -> None
     clock = Clock()
     actors = ActiveActors(max_active=100, idle_s=10, clock=clock)
     first, second = actors.owner(), actors.owner()
-    actors.add(first, StreamActor("t", "old", None), restored=False)
+    actors.add(first, StreamActor("t", "old", None), restored_in=None)
     clock.now += 8
-    actors.add(second, StreamActor("t", "new", None), restored=False)
+    actors.add(second, StreamActor("t", "new", None), restored_in=None)
     assert actors.passivate_idle() == 0  # swept at most once a second
     clock.now += 3
     assert actors.passivate_idle() == 1
@@ -49,9 +49,9 @@ def test_idle_actors_leave_after_the_delay_whichever_worker_holds_them() -> None
 def test_a_worker_never_sees_another_instances_actors() -> None:
     actors = ActiveActors(max_active=100, idle_s=60, clock=Clock())
     failed, replacement = actors.owner(), actors.owner()
-    actors.add(failed, StreamActor("t", "m", None), restored=False)
+    actors.add(failed, StreamActor("t", "m", None), restored_in=None)
     assert actors.get(replacement, "t", "m") is None
-    actors.add(replacement, StreamActor("t", "m", None), restored=True)
+    actors.add(replacement, StreamActor("t", "m", None), restored_in=0.001)
     assert actors.drop(failed) == 1
     assert actors.get(replacement, "t", "m") is not None and len(actors) == 1
 
@@ -67,7 +67,7 @@ def test_a_big_sweep_trims_the_heap_once() -> None:
     )
     owner = actors.owner()
     for i in range(TRIM_AFTER_ACTORS + 5):
-        actors.add(owner, StreamActor("t", f"m{i}", None), restored=False)
+        actors.add(owner, StreamActor("t", f"m{i}", None), restored_in=None)
     clock.now += 2
     assert actors.passivate_idle() == TRIM_AFTER_ACTORS + 5
     assert trims == [0] and actors.statistics().trims == 1

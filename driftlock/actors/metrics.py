@@ -128,6 +128,11 @@ class _SnapshotCollector(Collector):
         activations.add_metric(["new"], r.created)
         activations.add_metric(["lmdb"], r.restored)
         yield activations
+        yield CounterMetricFamily(
+            "driftlock_actor_restore_seconds",
+            "Time spent reading actors back from LMDB (activations with source lmdb)",
+            r.restore_seconds,
+        )
         evictions = CounterMetricFamily(
             "driftlock_actor_evictions",
             "Actors that left memory (their state stays in LMDB): idle for "

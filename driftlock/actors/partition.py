@@ -203,9 +203,11 @@ class PartitionWorker:
     def _actor(self, tenant: str, metric: str) -> StreamActor:
         actor = self._actors.get(self._owner, tenant, metric)
         if actor is None:
+            started = time.perf_counter()
             record = self._store.read_actor(self.partition, tenant, metric)
             actor = StreamActor(tenant, metric, record)
-            self._actors.add(self._owner, actor, restored=record is not None)
+            restored_in = time.perf_counter() - started if record is not None else None
+            self._actors.add(self._owner, actor, restored_in=restored_in)
         return actor
 
     async def _publish_anomalies(self, anomalies: list[Anomaly]) -> None:

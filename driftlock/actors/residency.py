@@ -47,6 +47,8 @@ class ResidencyStatistics:
     """Actors of streams seen for the first time."""
     restored: int
     """Actors brought back from LMDB."""
+    restore_seconds: float
+    """Spent reading and decoding them."""
     evicted_limit: int
     evicted_idle: int
     trims: int
@@ -69,6 +71,7 @@ class ActiveActors:
         self._last_sweep = clock()
         self._freed_since_trim = 0
         self._created = self._restored = 0
+        self._restore_s = 0.0
         self._evicted_limit = self._evicted_idle = 0
         self._trims = 0
 
@@ -88,6 +91,7 @@ class ActiveActors:
             max_active=self._max_active,
             created=self._created,
             restored=self._restored,
+            restore_seconds=self._restore_s,
             evicted_limit=self._evicted_limit,
             evicted_idle=self._evicted_idle,
             trims=self._trims,
@@ -102,14 +106,16 @@ class ActiveActors:
             actor.last_active = self._clock()
         return actor
 
-    def add(self, owner: int, actor: StreamActor, *, restored: bool) -> None:
-        """Hold a new or restored actor; beyond the limit the least recently used leaves
-        (committed already, or held by the batch in hand until it commits)."""
+    def add(self, owner: int, actor: StreamActor, *, restored_in: float | None) -> None:
+        """Hold a new actor, or one restored from LMDB in `restored_in` seconds; beyond the
+        limit the least recently used leaves (committed already, or held by the batch in hand
+        until it commits)."""
         actor.last_active = self._clock()
         self._lru[(owner, actor.tenant, actor.metric)] = actor
         self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
-        if restored:
+        if restored_in is not None:
             self._restored += 1
+            self._restore_s += restored_in
         else:
             self._created += 1
         while len(self._lru) > self._max_active:
