@@ -9,19 +9,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from driftlock.bus.subjects import Subjects
+from driftlock.gateway.anomaly_index import SCAN_FACTOR
 from driftlock.gateway.models import AnomalyPage, AnomalyQuery, StreamQuery
 from driftlock.gateway.roles import Permission
 from driftlock.gateway.routing import Call, Endpoint
 
-SCAN_FACTOR = 10
-"""A page scans at most this many stored anomalies per requested one, so a selective filter
-costs bounded work; the cursor continues where the scan stopped."""
 KEEPALIVE_S = 15.0
+_page_encoder = msgspec.json.Encoder()
 
 
 def matches(a: dict[str, Any], pattern: str | None, min_score: float, kind: str | None) -> bool:
@@ -34,12 +36,28 @@ def matches(a: dict[str, Any], pattern: str | None, min_score: float, kind: str 
 
 async def list_anomalies(call: Call) -> Response:
     q: AnomalyQuery = call.query
-    subjects = call.gateway.subjects
+    index = call.gateway.anomalies
+    answer = await index.query(call.tenant, q) if index is not None else None
+    if answer is not None:  # the in-memory copy of the stream holds all the page can see
+        anomalies, next_cursor = answer
+        return Response(_page_encoder.encode({"anomalies": anomalies, "next_cursor": next_cursor}),
+                        media_type="application/json")  # fmt: skip
+    gw = call.gateway
+    anomalies, next_cursor = await scan_stream(gw.nc, gw.js, gw.subjects, call.tenant, q)
+    page = AnomalyPage.model_validate({"anomalies": anomalies, "next_cursor": next_cursor})
+    return JSONResponse(page.model_dump(by_alias=True))
+
+
+async def scan_stream(
+    nc: Client, js: JetStreamContext, subjects: Subjects, tenant: str, q: AnomalyQuery
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The page read from DL_ANOMALIES itself: one ephemeral consumer, one no-wait pull of
+    the scan budget on a plain subscription (two round trips in all); the consumer is deleted
+    without waiting for the answer."""
     metric = q.metric or "*"
-    filter_subject = f"{subjects.prefix}.x.anomaly.{call.tenant}.{metric}"
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
-        filter_subject=filter_subject,
+        filter_subject=f"{subjects.prefix}.x.anomaly.{tenant}.{metric}",
         inactive_threshold=30.0,
         deliver_policy=DeliverPolicy.ALL,
     )
@@ -48,26 +66,16 @@ async def list_anomalies(call: Call) -> Response:
     elif q.since is not None:
         config.deliver_policy = DeliverPolicy.BY_START_TIME
         config.opt_start_time = datetime.fromtimestamp(q.since, UTC)
-    anomalies, next_cursor = await _scan(call, subjects.anomalies_stream, config, q)
-    page = AnomalyPage.model_validate({"anomalies": anomalies, "next_cursor": next_cursor})
-    return JSONResponse(page.model_dump(by_alias=True))
-
-
-async def _scan(
-    call: Call, stream: str, config: ConsumerConfig, q: AnomalyQuery
-) -> tuple[list[dict[str, Any]], int | None]:
-    """One ephemeral consumer, one no-wait pull of the scan budget on a plain subscription
-    (two round trips in all); the consumer is deleted without waiting for the answer."""
-    gateway = call.gateway
-    info = await gateway.js.add_consumer(stream, config)
+    stream = subjects.anomalies_stream
+    info = await js.add_consumer(stream, config)
     assert info.name is not None
     try:
         if not info.num_pending:
             return [], None
         budget = min(q.limit * SCAN_FACTOR, info.num_pending)
-        msgs = await _pull(gateway.nc, stream, info.name, budget)
+        msgs = await _pull(nc, stream, info.name, budget)
     finally:
-        await gateway.nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{info.name}", b"")
+        await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{info.name}", b"")
     found: list[dict[str, Any]] = []
     last_seq, pending = 0, info.num_pending
     for msg in msgs:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from driftlock import __version__
 from driftlock.alerting.store import AlertingStore
 from driftlock.bus.connection import connect
+from driftlock.bus.subjects import Subjects
 from driftlock.gateway import (
     admin_api,
     alerting_api,
@@ -32,6 +33,7 @@ from driftlock.gateway import (
     metrics_api,
     suppression_api,
 )
+from driftlock.gateway.anomaly_index import AnomalyIndex
 from driftlock.gateway.control import ControlPlane
 from driftlock.gateway.errors import (
     ApiError,
@@ -122,6 +124,8 @@ class GatewayApp:
         await control.start()
         alerting = AlertingStore(js, s.prefix, replicas=s.replicas)
         await alerting.start()
+        anomalies = AnomalyIndex(nc, js, Subjects(s.prefix), s.anomalies_max_age_s)
+        await anomalies.start()
         self.gateway = Gateway(
             settings=s,
             nc=nc,
@@ -129,16 +133,19 @@ class GatewayApp:
             control=control,
             limiter=RateLimiter(DEFAULT_PLANS),
             alerting=alerting,
+            anomalies=anomalies,
         )
 
         async def on_reconnect() -> None:
             await control.restart_watches()
             await alerting.restart_watches()
+            await anomalies.restart()
 
         nc._reconnected_cb = _chain(nc._reconnected_cb, on_reconnect)  # nats-py has one slot
         try:
             yield
         finally:
+            await anomalies.stop()
             await alerting.stop()
             await control.stop()
             await nc.drain()

@@ -13,6 +13,7 @@ from prometheus_client import Counter as PromCounter
 
 from driftlock.alerting.store import AlertingStore
 from driftlock.bus.subjects import Subjects
+from driftlock.gateway.anomaly_index import AnomalyIndex
 from driftlock.gateway.control import ControlPlane
 from driftlock.gateway.errors import unauthorized
 from driftlock.gateway.ratelimit import RateLimiter
@@ -62,6 +63,7 @@ class Gateway:
     control: ControlPlane
     limiter: RateLimiter
     alerting: AlertingStore | None = None
+    anomalies: AnomalyIndex | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     tracer: trace.Tracer = field(
         default_factory=lambda: TracerProvider().get_tracer("driftlock.gateway")
