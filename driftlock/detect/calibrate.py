@@ -12,9 +12,12 @@ point is measured against the same references however the stream was batched. Un
 detector has MIN_HISTORY raw scores, its reference is at least a conservative prior.
 """
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, floats
 
@@ -58,51 +61,100 @@ class Calibrator:
         Only scored points a detector had a say on are learned from; `shift` lowers every
         reference by that many octaves (the sensitivity). Also returns the histogram and
         references to store."""
-        f, n = raw.shape
-        with np.errstate(divide="ignore"):
-            octaves = np.log2(np.minimum(raw, CEILING))
-        bins = np.floor((octaves - LOWEST_OCTAVE) * BINS_PER_OCTAVE)
-        bins = np.clip(np.where(np.isfinite(bins), bins + 1, 0), 0, BINS - 1).astype(np.intp)
-        bins += np.arange(0, f * BINS, BINS)[:, None]
-        learn = scored & ~np.isnan(raw)
         if state.hist:
             hist = np.frombuffer(state.hist, dtype=np.int32).copy()
-            refs = floats(state.refs)
+            refs = floats(state.refs).copy()
         else:
-            hist = np.zeros(f * BINS, dtype=np.int32)
-            refs = self._references(hist)
-        ref_octaves = np.empty((f, n))
-        # Segments end where the stream position reaches a multiple of EPOCH.
-        first = (-state.count) % EPOCH or EPOCH
-        a = 0
-        for b in [*range(first, n, EPOCH), n]:
-            ref_octaves[:, a:b] = np.log2(refs)[:, None]
-            keep = bins[:, a:b][learn[:, a:b]]
-            if keep.size:
-                hist += np.bincount(keep.ravel(), minlength=f * BINS).astype(np.int32)
-            if b < n or (state.count + n) % EPOCH == 0:
-                if hist.sum() >= 2 * MEMORY * f:
-                    hist //= 2
-                refs = self._references(hist)
-            a = b
-        ceiling = ref_octaves >= TOP_BIN
-        ref_octaves[ceiling] = HIGHEST_OCTAVE
-        surprise = np.maximum(0.0, octaves - ref_octaves + shift) * np.log10(2.0)
-        surprise[ceiling] = 0.0
-        surprise[~learn] = 0.0
-        return surprise, np.exp2(ref_octaves), hist.tobytes(), refs.tobytes()
+            hist = np.zeros(self.detectors * BINS, dtype=np.int32)
+            refs = _references(hist, self.quantile, self.floors, self.priors)
+        surprise, at = _surprise(
+            raw, scored, state.count, hist, refs, shift, self.quantile, self.floors, self.priors
+        )
+        return surprise, at, hist.tobytes(), refs.tobytes()
 
-    def _references(self, flat: npt.NDArray[np.int32]) -> FloatArray:
-        """The configured quantile of each detector's histogram, interpolated inside its bin
-        on the log scale, and never below the detector's floor (prior while young)."""
-        hist = flat.reshape(self.detectors, BINS)
-        from_top = hist[:, ::-1].cumsum(axis=1)  # points in this bin or higher, top bin first
-        total = from_top[:, -1]
-        k = np.maximum((1.0 - self.quantile) * total, MIN_TAIL)
-        first = (from_top >= k[:, None]).argmax(axis=1)  # the bin holding the quantile
-        rows = np.arange(self.detectors)
-        count = np.maximum(hist[rows, BINS - 1 - first], 1)
-        within = (k - from_top[rows, first] + count) / count  # from the bin's top edge
+
+@jit
+def _surprise(
+    raw: FloatArray,
+    scored: npt.NDArray[np.bool_],
+    count: int,
+    hist: npt.NDArray[np.int32],
+    refs: FloatArray,
+    shift: float,
+    quantile: float,
+    floors: FloatArray,
+    priors: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Point by point: score against the references, then learn; at every EPOCH boundary of
+    the stream position, new references. Updates `hist` and `refs` in place."""
+    f, n = raw.shape
+    surprise = np.zeros((f, n))
+    at = np.empty((f, n))
+    ref_octaves = np.log2(refs)
+    ref_values = np.exp2(ref_octaves)
+    log10_2 = np.log10(2.0)
+    for j in range(n):
+        if j and (count + j) % EPOCH == 0:
+            _refresh(hist, refs, quantile, floors, priors)
+            ref_octaves = np.log2(refs)
+            ref_values = np.exp2(ref_octaves)
+        for i in range(f):
+            ceiling = ref_octaves[i] >= TOP_BIN
+            at[i, j] = CEILING if ceiling else ref_values[i]
+            x = raw[i, j]
+            if not scored[j] or math.isnan(x):
+                continue
+            octave = np.log2(min(x, CEILING))
+            if not ceiling:
+                surprise[i, j] = max(0.0, octave - ref_octaves[i] + shift) * log10_2
+            b = math.floor((octave - LOWEST_OCTAVE) * BINS_PER_OCTAVE)
+            b = min(max(b + 1, 0), BINS - 1) if math.isfinite(b) else 0
+            hist[i * BINS + int(b)] += 1
+    if (count + n) % EPOCH == 0:
+        _refresh(hist, refs, quantile, floors, priors)
+    return surprise, at
+
+
+@jit
+def _refresh(
+    hist: npt.NDArray[np.int32],
+    refs: FloatArray,
+    quantile: float,
+    floors: FloatArray,
+    priors: FloatArray,
+) -> None:
+    """Forget half of a full history, then new references (in place)."""
+    if hist.sum() >= 2 * MEMORY * len(refs):
+        hist //= 2
+    refs[:] = _references(hist, quantile, floors, priors)
+
+
+@jit
+def _references(
+    flat: npt.NDArray[np.int32], quantile: float, floors: FloatArray, priors: FloatArray
+) -> FloatArray:
+    """The configured quantile of each detector's histogram, interpolated inside its bin
+    on the log scale, and never below the detector's floor (prior while young)."""
+    f = len(floors)
+    refs = np.empty(f)
+    for i in range(f):
+        hist = flat[i * BINS : (i + 1) * BINS]
+        total = 0
+        for c in hist:
+            total += c
+        k = max((1.0 - quantile) * total, MIN_TAIL)
+        # The bin holding the quantile, counting from the top: points in it or higher >= k.
+        from_top, first = 0, 0
+        for first in range(BINS):
+            from_top += hist[BINS - 1 - first]
+            if from_top >= k:
+                break
+        else:
+            first = 0
+            from_top = hist[BINS - 1]
+        count = max(hist[BINS - 1 - first], 1)
+        within = (k - from_top + count) / count  # from the bin's top edge
         octave = HIGHEST_OCTAVE - (first + within) / BINS_PER_OCTAVE
-        empirical = np.where((first < BINS - 1) & (total > 0), np.exp2(octave), 0.0)
-        return np.maximum(empirical, np.where(total >= MIN_HISTORY, self.floors, self.priors))
+        empirical = np.exp2(octave) if first < BINS - 1 and total > 0 else 0.0
+        refs[i] = max(empirical, floors[i] if total >= MIN_HISTORY else priors[i])
+    return refs

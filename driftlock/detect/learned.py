@@ -13,6 +13,7 @@ batched. Until MIN_TRAIN vectors exist (the warm-up) it has no say (NaN).
 
 import numpy as np
 
+from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, floats
 
@@ -54,8 +55,7 @@ def learned_scores(
         if len(model):
             lo = max(a, -first_row)  # the stream's first points have no full vector
             if lo < b:
-                rows = vectors[first_row + lo : first_row + b]
-                raw[lo:b] = _distance(model, rows, scale[lo:b])
+                raw[lo:b] = _distance(model, steps, first_row + lo, scale[lo:b])
         if b < n or (state.count + n) % RETRAIN == 0:
             # The boundary point b is entry len(series) - n + b: train on the vectors before it.
             end = first_row + b
@@ -65,15 +65,23 @@ def learned_scores(
     return raw, model.tobytes()
 
 
-def _distance(model: FloatArray, x: FloatArray, scale: FloatArray) -> FloatArray:
-    """Elementwise, not by a matrix product: BLAS may sum in another order for another number
-    of rows, and a point's score must not depend on how many came with it."""
-    centroids, unit = model[:-1].reshape(CLUSTERS, DIMS), model[-1]
-    diff = x[:, None, :] - centroids[None, :, :]
-    diff *= diff
-    nearest = np.sqrt(diff.sum(axis=2).min(axis=1))
-    result: FloatArray = nearest / np.maximum(unit, SCALE_FLOOR * scale)
-    return result
+@jit
+def _distance(model: FloatArray, steps: FloatArray, first: int, scale: FloatArray) -> FloatArray:
+    """Distance of vectors first, first + 1, … (vector r: steps r .. r + DIMS - 1) to their
+    nearest centroid, in the model's unit. Summed in a fixed order, not by a matrix product:
+    a point's score must not depend on how many came with it."""
+    unit = model[-1]
+    out = np.empty(len(scale))
+    for j in range(len(scale)):
+        best = np.inf
+        for c in range(CLUSTERS):
+            total = 0.0
+            for d in range(DIMS):
+                diff = steps[first + j + d] - model[c * DIMS + d]
+                total += diff * diff
+            best = min(best, total)
+        out[j] = np.sqrt(best) / np.maximum(unit, SCALE_FLOOR * scale[j])
+    return out
 
 
 def _squared(centroids: FloatArray, x: FloatArray) -> FloatArray:

@@ -45,13 +45,13 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
         else:
             for i in range(lo, start):
                 if not math.isnan(a[i]):
-                    k = np.searchsorted(window_sorted[:m], a[i])
+                    k = _position(window_sorted, m, a[i])
                     for s in range(k, m - 1):
                         window_sorted[s] = window_sorted[s + 1]
                     m -= 1
             for i in range(hi, end):
                 if not math.isnan(a[i]):
-                    k = np.searchsorted(window_sorted[:m], a[i])
+                    k = _position(window_sorted, m, a[i])
                     for s in range(m, k, -1):
                         window_sorted[s] = window_sorted[s - 1]
                     window_sorted[k] = a[i]
@@ -67,9 +67,22 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
 
 
 @jit
+def _position(window_sorted: FloatArray, m: int, x: float) -> int:
+    """Where x goes in the first m sorted entries: before every entry not below it."""
+    lo, hi = 0, m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if window_sorted[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@jit
 def _replace(window_sorted: FloatArray, m: int, old: float, new: float) -> None:
     """Take `old` out of the sorted window and put `new` in, moving only what lies between."""
-    k = np.searchsorted(window_sorted[:m], old)
+    k = _position(window_sorted, m, old)
     if new >= old:
         while k + 1 < m and window_sorted[k + 1] < new:
             window_sorted[k] = window_sorted[k + 1]

@@ -9,12 +9,13 @@ The table is updated one day at a time, in time order, and a day's envelopes rea
 days, so the result does not depend on how the batch was cut.
 """
 
+import math
 from typing import NamedTuple
 
-import bottleneck as bn
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, ints
 
@@ -47,38 +48,15 @@ def seasonal_scores(
     state: DetectorState, ts: FloatArray, values: FloatArray, interval: FloatArray, days: int
 ) -> tuple[SeasonalScores, dict[str, object]]:
     """`interval` is the stream's usual seconds between points, before each point."""
-    n = len(values)
     table = _load(state, days)
-    absolute = np.floor(ts / SLOT_SECONDS).astype(np.int64)
-    day = absolute // SLOTS_PER_DAY
-    slot = absolute - day * SLOTS_PER_DAY
     today, reach, width = state.season_today, state.season_reach, state.season_width
     if len(state.envelope) == 8 * SLOTS_PER_DAY:
         envelope = np.frombuffer(state.envelope, dtype=np.float32).reshape(2, SLOTS_PER_DAY)
     else:
-        envelope, width = _day_envelope(table, today, reach, days)
-    if day[0] == today and day[-1] == today:  # the usual case: a batch within one day
-        lower, upper = envelope[0, slot].astype(np.float64), envelope[1, slot].astype(np.float64)
-        scale = np.full(n, width)
-        _record(table, today, slot, values)
-    else:
-        lower, upper, scale = np.empty(n), np.empty(n), np.empty(n)
-        changes = np.flatnonzero(day[1:] != day[:-1]) + 1
-        for a, b in zip([0, *changes], [*changes, n], strict=True):
-            if day[a] != today:
-                # A new day: its reach follows the stream's usual interval as known at its
-                # first point, whichever batch that point came in.
-                today = int(day[a])
-                usual = interval[a] if np.isfinite(interval[a]) else SLOT_SECONDS
-                reach = int(min(MAX_REACH, max(1, np.ceil(usual / SLOT_SECONDS))))
-                envelope, width = _day_envelope(table, today, reach, days)
-            lower[a:b] = envelope[0, slot[a:b]]
-            upper[a:b] = envelope[1, slot[a:b]]
-            scale[a:b] = width
-            _record(table, today, slot[a:b], values[a:b])
-
-    outside = np.maximum(values - upper, lower - values)
-    score = np.maximum(outside, 0.0) / np.maximum(scale, _TINY * np.maximum(1.0, np.abs(values)))
+        envelope, width = _day_envelope(table.day, table.lo, table.hi, today, reach, days)
+    score, lower, upper, scale, envelope, today, reach, width = _scores(
+        ts, values, interval, table.day, table.lo, table.hi, envelope, today, reach, width, days
+    )
     history: dict[str, object] = {
         "season_today": today,
         "season_reach": reach,
@@ -89,6 +67,49 @@ def seasonal_scores(
         "envelope": envelope.tobytes(),
     }
     return SeasonalScores(score, lower, upper, scale), history
+
+
+@jit
+def _scores(
+    ts: FloatArray,
+    values: FloatArray,
+    interval: FloatArray,
+    table_day: npt.NDArray[np.int64],
+    table_lo: F32Array,
+    table_hi: F32Array,
+    envelope: F32Array,
+    today: int,
+    reach: int,
+    width: float,
+    days: int,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, F32Array, int, int, float]:
+    """Point by point in time order: a new day gets its envelopes first (from earlier days
+    only), then every point is scored against its slot's envelope and recorded in the table."""
+    n = len(values)
+    score, lower, upper, scale = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    for j in range(n):
+        absolute = int(np.floor(ts[j] / SLOT_SECONDS))
+        day = absolute // SLOTS_PER_DAY
+        slot = absolute - day * SLOTS_PER_DAY
+        if day != today:
+            # A new day: its reach follows the stream's usual interval as known at its first
+            # point, whichever batch that point came in.
+            today = day
+            usual = interval[j] if math.isfinite(interval[j]) else SLOT_SECONDS
+            reach = int(min(MAX_REACH, max(1, np.ceil(usual / SLOT_SECONDS))))
+            envelope, width = _day_envelope(table_day, table_lo, table_hi, today, reach, days)
+        x = values[j]
+        lower[j], upper[j], scale[j] = envelope[0, slot], envelope[1, slot], width
+        outside = np.maximum(x - upper[j], lower[j] - x)  # NaN stays NaN: no say
+        score[j] = np.maximum(outside, 0.0) / np.maximum(width, _TINY * max(1.0, abs(x)))
+        row = today % len(table_day)
+        if table_day[row] != today:
+            table_day[row] = today
+            table_lo[row] = np.inf
+            table_hi[row] = -np.inf
+        table_lo[row, slot] = min(table_lo[row, slot], np.float32(x))
+        table_hi[row, slot] = max(table_hi[row, slot], np.float32(x))
+    return score, lower, upper, scale, envelope, today, reach, width
 
 
 def _load(state: DetectorState, days: int) -> _Table:
@@ -106,38 +127,44 @@ def _load(state: DetectorState, days: int) -> _Table:
     )
 
 
-def _day_envelope(table: _Table, day: int, reach: int, days: int) -> tuple[F32Array, float]:
+@jit
+def _day_envelope(
+    table_day: npt.NDArray[np.int64],
+    table_lo: F32Array,
+    table_hi: F32Array,
+    day: int,
+    reach: int,
+    days: int,
+) -> tuple[F32Array, float]:
     """[lowest, highest] for every slot of `day`: the extremes of that slot ± reach on each of
     the previous `days` days (NaN where they hold nothing), and the envelopes' median width,
     the scale of the day's scores. Only earlier days are read."""
-    rows = len(table.day)
+    rows = len(table_day)
     # The previous days end to end, so that neighbours reach across midnight; the day itself
     # (after the last) is not read.
     lo = np.full((days + 1) * SLOTS_PER_DAY + reach, np.inf, dtype=np.float32)
     hi = np.full((days + 1) * SLOTS_PER_DAY + reach, -np.inf, dtype=np.float32)
     for k in range(days + 1):  # day - days - 1 .. day - 1
         other = day - days - 1 + k
-        if table.day[other % rows] == other:
-            lo[k * SLOTS_PER_DAY : (k + 1) * SLOTS_PER_DAY] = table.lo[other % rows]
-            hi[k * SLOTS_PER_DAY : (k + 1) * SLOTS_PER_DAY] = table.hi[other % rows]
-    width = 2 * reach + 1
-    lo = np.lib.stride_tricks.sliding_window_view(lo, width).min(axis=1)
-    hi = np.lib.stride_tricks.sliding_window_view(hi, width).max(axis=1)
-    # Entry i now covers slots i .. i + 2 reach: slot s of day k is entry k·SLOTS + s - reach.
-    starts = SLOTS_PER_DAY - reach + np.arange(days) * SLOTS_PER_DAY
-    index = starts[:, None] + np.arange(SLOTS_PER_DAY)[None, :]
-    envelope = np.stack((lo[index].min(axis=0), hi[index].max(axis=0)))
-    envelope[:, envelope[0] > envelope[1]] = np.nan
-    widths = (envelope[1] - envelope[0]).astype(np.float64)
-    known = widths[np.isfinite(widths)]
-    return envelope, float(bn.median(known)) if len(known) else 0.0
-
-
-def _record(table: _Table, day: int, slots: npt.NDArray[np.int64], values: FloatArray) -> None:
-    row = day % len(table.day)
-    if table.day[row] != day:
-        table.day[row] = day
-        table.lo[row] = np.inf
-        table.hi[row] = -np.inf
-    np.minimum.at(table.lo[row], slots, values.astype(np.float32))
-    np.maximum.at(table.hi[row], slots, values.astype(np.float32))
+        if table_day[other % rows] == other:
+            lo[k * SLOTS_PER_DAY : (k + 1) * SLOTS_PER_DAY] = table_lo[other % rows]
+            hi[k * SLOTS_PER_DAY : (k + 1) * SLOTS_PER_DAY] = table_hi[other % rows]
+    # Slot s of previous day d (0 = `days` days ago) takes in entries from
+    # (d + 1)·SLOTS + s - reach on, 2·reach + 1 of them.
+    envelope = np.empty((2, SLOTS_PER_DAY), dtype=np.float32)
+    widths = np.empty(SLOTS_PER_DAY)
+    known = 0
+    for s in range(SLOTS_PER_DAY):
+        low, high = np.float32(np.inf), np.float32(-np.inf)
+        for d in range(days):
+            start = (d + 1) * SLOTS_PER_DAY + s - reach
+            for i in range(start, start + 2 * reach + 1):
+                low = min(low, lo[i])
+                high = max(high, hi[i])
+        if low > high:
+            low = high = np.float32(np.nan)
+        else:
+            widths[known] = np.float64(high - low)
+            known += 1
+        envelope[0, s], envelope[1, s] = low, high
+    return envelope, float(np.median(widths[:known])) if known else 0.0

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, ints
 
@@ -37,28 +38,15 @@ def weekly_scores(
 ) -> tuple[FloatArray, dict[str, object]]:
     """Raw scores (how far outside last week's envelope, in units of `scale`, the daily
     profile's width; NaN where last week holds nothing) and the fields to store."""
-    n = len(values)
     table = _load(state)
-    absolute = np.floor(ts / HOUR).astype(np.int64)
-    day = absolute // HOURS
-    hour = absolute - day * HOURS
     today = state.week_today
     if len(state.week_envelope) == 8 * HOURS:
         envelope = np.frombuffer(state.week_envelope, dtype=np.float32).reshape(2, HOURS)
     else:
-        envelope = _envelope(table, today)
-    lower, upper = np.empty(n), np.empty(n)
-    changes = np.flatnonzero(day[1:] != day[:-1]) + 1
-    for a, b in zip([0, *changes], [*changes, n], strict=True):
-        if day[a] != today:
-            today = int(day[a])
-            envelope = _envelope(table, today)
-        lower[a:b] = envelope[0, hour[a:b]]
-        upper[a:b] = envelope[1, hour[a:b]]
-        _record(table, today, hour[a:b], values[a:b])
-    outside = np.maximum(values - upper, lower - values)
-    unit = np.maximum(scale, _TINY * np.maximum(1.0, np.abs(values)))
-    score = np.maximum(outside, 0.0) / unit  # NaN stays NaN: no say
+        envelope = _envelope(table.day, table.lo, table.hi, today)
+    score, envelope, today = _scores(
+        ts, values, scale, table.day, table.lo, table.hi, envelope, today
+    )
     return score, {
         "week_today": today,
         "week_day": table.day.tobytes(),
@@ -66,6 +54,42 @@ def weekly_scores(
         "week_hi": table.hi.tobytes(),
         "week_envelope": envelope.tobytes(),
     }
+
+
+@jit
+def _scores(
+    ts: FloatArray,
+    values: FloatArray,
+    scale: FloatArray,
+    table_day: npt.NDArray[np.int64],
+    table_lo: F32Array,
+    table_hi: F32Array,
+    envelope: F32Array,
+    today: int,
+) -> tuple[FloatArray, F32Array, int]:
+    """Point by point in time order: a new day gets last week's envelope first, then every
+    point is scored against its hour's envelope and recorded in the table."""
+    n = len(values)
+    score = np.empty(n)
+    for j in range(n):
+        absolute = int(np.floor(ts[j] / HOUR))
+        day = absolute // HOURS
+        hour = absolute - day * HOURS
+        if day != today:
+            today = day
+            envelope = _envelope(table_day, table_lo, table_hi, today)
+        x = values[j]
+        outside = np.maximum(x - np.float64(envelope[1, hour]), envelope[0, hour] - x)
+        unit = np.maximum(scale[j], _TINY * max(1.0, abs(x)))
+        score[j] = np.maximum(outside, 0.0) / unit  # NaN stays NaN: no say
+        row = today % ROWS
+        if table_day[row] != today:
+            table_day[row] = today
+            table_lo[row] = np.inf
+            table_hi[row] = -np.inf
+        table_lo[row, hour] = min(table_lo[row, hour], np.float32(x))
+        table_hi[row, hour] = max(table_hi[row, hour], np.float32(x))
+    return score, envelope, today
 
 
 def _load(state: DetectorState) -> _Table:
@@ -82,22 +106,16 @@ def _load(state: DetectorState) -> _Table:
     )
 
 
-def _envelope(table: _Table, day: int) -> F32Array:
+@jit
+def _envelope(
+    table_day: npt.NDArray[np.int64], table_lo: F32Array, table_hi: F32Array, day: int
+) -> F32Array:
     """[lowest, highest] of each hour on the same weekday a week before (NaN: unknown)."""
     week_ago = day - 7
     envelope = np.full((2, HOURS), np.nan, dtype=np.float32)
-    if table.day[week_ago % ROWS] == week_ago:
-        envelope[0] = table.lo[week_ago % ROWS]
-        envelope[1] = table.hi[week_ago % ROWS]
-        envelope[:, envelope[0] > envelope[1]] = np.nan
+    if table_day[week_ago % ROWS] == week_ago:
+        for h in range(HOURS):
+            low, high = table_lo[week_ago % ROWS, h], table_hi[week_ago % ROWS, h]
+            if low <= high:
+                envelope[0, h], envelope[1, h] = low, high
     return envelope
-
-
-def _record(table: _Table, day: int, hours: npt.NDArray[np.int64], values: FloatArray) -> None:
-    row = day % ROWS
-    if table.day[row] != day:
-        table.day[row] = day
-        table.lo[row] = np.inf
-        table.hi[row] = -np.inf
-    np.minimum.at(table.lo[row], hours, values.astype(np.float32))
-    np.maximum.at(table.hi[row], hours, values.astype(np.float32))
