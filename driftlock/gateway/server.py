@@ -7,6 +7,7 @@ from collections.abc import Generator
 import uvicorn
 
 from driftlock.gateway.app import GatewayApp, create_app
+from driftlock.gateway.transport import CorkedHttpToolsProtocol
 from driftlock.settings import Settings
 
 
@@ -28,6 +29,7 @@ class GatewayServer:
             log_level="warning",
             access_log=False,
             loop="none",
+            http=CorkedHttpToolsProtocol,
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
