@@ -241,9 +241,24 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_route_names: dict[str, str] = {}
+_ROUTE_NAMES_MAX = 10_000
+
+
 def _route_name(scope: Scope, holder: GatewayApp) -> str:
-    """The route template, not the raw path, so metric labels stay bounded."""
+    """The route template, not the raw path, so metric labels stay bounded (remembered per
+    path: matching every template costs more than the rest of a small request's routing)."""
     path: str = scope["path"]
+    name = _route_names.get(path)
+    if name is None:
+        name = _match_route(path)
+        if len(_route_names) >= _ROUTE_NAMES_MAX:
+            _route_names.clear()
+        _route_names[path] = name
+    return name
+
+
+def _match_route(path: str) -> str:
     for e in ENDPOINTS:
         if _matches(e.path, path):
             return e.path
