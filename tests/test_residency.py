@@ -1,9 +1,12 @@
 """The node's budget of actors in memory: least recently used leave first, idle ones leave
 after the passivation delay, a worker only ever sees its own actors, and a big sweep hands the
-freed memory back (an injected clock and trim, no sleeping)."""
+freed memory back (an injected clock and trim, no sleeping); a pulled batch commits in pieces
+of few streams, since a piece's actors stay in memory until it commits."""
 
 from driftlock.actors.actor import StreamActor
+from driftlock.actors.partition import _pieces
 from driftlock.actors.residency import TRIM_AFTER_ACTORS, ActiveActors, release_free_memory
+from driftlock.bus.feed import Delivery
 
 
 class Clock:
@@ -72,3 +75,13 @@ def test_a_big_sweep_trims_the_heap_once() -> None:
     assert actors.passivate_idle() == TRIM_AFTER_ACTORS + 5
     assert trims == [0] and actors.statistics().trims == 1
     release_free_memory()  # the real one runs (a no-op where there is no glibc)
+
+
+def test_a_pulled_batch_is_committed_in_pieces_of_few_streams() -> None:
+    def d(seq: int, stream: str) -> Delivery:
+        return Delivery(f"dl.p.0.t.{stream}", b"1", None, seq, 0.0, 0)
+
+    batch = [d(1, "a"), d(2, "b"), d(3, "a"), d(4, "c"), d(5, "c"), d(6, "d"), d(7, "a")]
+    pieces = list(_pieces(batch, 2))
+    assert [[x.seq for x in p] for p in pieces] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert list(_pieces(batch, 10)) == [batch] and list(_pieces([], 1)) == []

@@ -92,6 +92,9 @@ class Node:
             partitions=s.partitions,
             pull_batch=s.pull_batch,
             max_points_per_message=s.max_points_per_message,
+            # Every partition may be in the middle of a piece: all of them together hold at
+            # most a quarter of the limit beyond it.
+            max_batch_streams=max(1, s.max_active_actors // (4 * s.partitions)),
         )
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.

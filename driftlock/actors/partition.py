@@ -10,7 +10,7 @@ ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what i
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,10 @@ class WorkerConfig:
     partitions: int
     pull_batch: int
     max_points_per_message: int
+    max_batch_streams: int
+    """Distinct streams per commit: a pulled batch is applied and committed in pieces of at
+    most this many, because the actors of a piece stay in memory until it commits, whatever
+    the limit on active actors."""
 
 
 class PartitionWorker:
@@ -88,7 +92,7 @@ class PartitionWorker:
         return self._stopping.is_set()
 
     def stop(self) -> None:
-        """Finish the batch in hand, commit it, then return from run()."""
+        """Finish the piece of a batch in hand, commit it, then return from run()."""
         self._stopping.set()
         if self._feed is not None:
             self._feed.wake()
@@ -106,8 +110,10 @@ class PartitionWorker:
         try:
             while not self._stopping.is_set():
                 batch = await self._feed.next_batch(self._config.pull_batch)
-                if batch:
-                    await self._process(batch)
+                for piece in _pieces(batch, self._config.max_batch_streams):
+                    await self._process(piece)
+                    if self._stopping.is_set():
+                        break  # the rest is not applied: the next run pulls it again
                 # Any worker's actors may leave, even mid-batch: residency.py says why
                 # that is safe.
                 self._actors.passivate_idle()
@@ -259,6 +265,23 @@ class PartitionWorker:
             m.anomalies.labels(a.kind.value).inc()
         for r in rejects:
             m.rejects.labels(r.reason.value).inc()
+
+
+def _pieces(batch: list[Delivery], max_streams: int) -> Iterator[list[Delivery]]:
+    """The batch in order, cut before the message of stream max_streams + 1 of a piece."""
+    if len(batch) <= max_streams:
+        if batch:
+            yield batch
+        return
+    seen: set[str] = set()
+    start = 0
+    for i, d in enumerate(batch):
+        if d.subject not in seen:
+            if len(seen) == max_streams:
+                yield batch[start:i]
+                start, seen = i, set()
+            seen.add(d.subject)
+    yield batch[start:]
 
 
 def _reject(
