@@ -30,12 +30,13 @@ import numpy.typing as npt
 
 from driftlock.detect.calibrate import Calibrator
 from driftlock.detect.config import DetectorConfig
+from driftlock.detect.jit import jit
 from driftlock.detect.learned import learned_scores
 from driftlock.detect.robust import RobustScores, robust_scores
-from driftlock.detect.rolling import FloatArray, before_each_point, extend, rolling_max
+from driftlock.detect.rolling import FloatArray, extend, max_before
 from driftlock.detect.rules import RuleFlags, check_rules
 from driftlock.detect.seasonal import seasonal_scores
-from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.detect.state import DetectorState, floats
 from driftlock.detect.tuning import (
     DEFAULT_SENSITIVITY,
     DEFAULT_TUNING,
@@ -142,23 +143,17 @@ class Detector:
         surprise, refs, hist, last_refs = self._calibrator.surprise(
             state, raw, scored, reference_shift(sensitivity)
         )
-        # The learned model corroborates: alone, its 256-point memory is shorter than a day,
-        # and a daily shape it has not seen would be an alert every day.
-        surprise[SHAPE] = np.where(surprise[:SHAPE].any(axis=0), surprise[SHAPE], 0.0)
-
-        fired = rules.missing | rules.flat
-        combined = np.where(
-            scored, np.add.reduce(surprise, axis=0) / len(DETECTORS) + RULE_SURPRISE * fired, 0.0
+        score, lower, upper, recent = _combine(
+            surprise,
+            rules.missing,
+            rules.flat,
+            scored,
+            floats(state.surprise),
+            cfg.refractory,
+            robust.median,
+            robust.scale,
+            refs[LEVEL],
         )
-        series = extend(floats(state.surprise), combined)
-        recent = before_each_point(rolling_max(series, cfg.refractory), n)
-        excess = np.maximum(0.0, combined - ESCALATION * np.fmax(0.0, recent))
-        # A rule (flatline, missing data) fires on records only: it is never held back.
-        excess = np.where(fired, np.maximum(excess, RULE_SURPRISE), excess)
-        score = excess / (excess + SCORE_HALF)
-
-        half_band = refs[LEVEL] * robust.scale
-        lower, upper = robust.median - half_band, robust.median + half_band
         anomalies = np.flatnonzero(score >= cfg.threshold)
         kinds, agreed = [], []
         for j in anomalies:
@@ -178,13 +173,56 @@ class Detector:
             count=state.count + n,
             hist=hist,
             refs=last_refs,
-            surprise=tail(series, cfg.refractory),
+            surprise=recent.tobytes(),
             centroids=centroids,
             **robust_fields,
             **rule_fields,
             **season_fields,
         )
         return new_state, Detections(score, lower, upper, anomalies, kinds, agreed)
+
+
+@jit
+def _combine(
+    surprise: FloatArray,
+    missing: npt.NDArray[np.bool_],
+    flat: npt.NDArray[np.bool_],
+    scored: npt.NDArray[np.bool_],
+    old_surprise: FloatArray,
+    refractory: int,
+    median: FloatArray,
+    scale: FloatArray,
+    level_ref: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """The detectors' surprises [detector, point] → score, the expected band (the level
+    detector's reference around the rolling median) and the combined surprise of the last
+    `refractory` points to store. Sets the learned model's surprise to 0 where no other
+    detector is surprised (in place)."""
+    n = surprise.shape[1]
+    series = np.empty(len(old_surprise) + n)
+    series[: len(old_surprise)] = old_surprise
+    combined = series[len(old_surprise) :]
+    score, lower, upper = np.empty(n), np.empty(n), np.empty(n)
+    for j in range(n):
+        # The learned model corroborates: alone, its 256-point memory is shorter than a day,
+        # and a daily shape it has not seen would be an alert every day.
+        if not (surprise[:SHAPE, j] != 0.0).any():
+            surprise[SHAPE, j] = 0.0
+        fired = missing[j] or flat[j]
+        total = 0.0
+        for i in range(len(DETECTORS)):
+            total += surprise[i, j]
+        combined[j] = total / len(DETECTORS) + RULE_SURPRISE * fired if scored[j] else 0.0
+    recent = max_before(series, len(old_surprise), n, refractory, 1)
+    for j in range(n):
+        excess = max(0.0, combined[j] - ESCALATION * np.fmax(0.0, recent[j]))
+        if missing[j] or flat[j]:
+            # A rule (flatline, missing data) fires on records only: it is never held back.
+            excess = max(excess, RULE_SURPRISE)
+        score[j] = excess / (excess + SCORE_HALF)
+        half_band = level_ref[j] * scale[j]
+        lower[j], upper[j] = median[j] - half_band, median[j] + half_band
+    return score, lower, upper, series[-refractory:].copy()
 
 
 def _nans(n: int) -> FloatArray:
