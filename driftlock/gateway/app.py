@@ -7,7 +7,8 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from opentelemetry import trace
+from opentelemetry import context, trace
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -45,6 +46,7 @@ from driftlock.gateway.errors import (
 )
 from driftlock.gateway.openapi import openapi_document
 from driftlock.gateway.ratelimit import DEFAULT_PLANS, RateLimiter
+from driftlock.gateway.router import RememberingRouter
 from driftlock.gateway.routing import Endpoint
 from driftlock.gateway.service import Gateway
 from driftlock.settings import Settings
@@ -106,14 +108,13 @@ class GatewayApp:
         ]
         routes += [_DeferredRoute(e, self) for e in ENDPOINTS]
         app = Starlette(
-            routes=routes,
-            lifespan=self._lifespan,
             exception_handlers={
                 ApiError: handle_api_error,
                 HTTPException: handle_http_exception,
                 Exception: handle_unexpected,
             },
         )
+        app.router = RememberingRouter(routes, lifespan=self._lifespan)
         return app
 
     @contextlib.asynccontextmanager
@@ -191,10 +192,12 @@ class ObservedApp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _too_large(send, self.max_body)
-            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:
+                    await _too_large(send, self.max_body)
+                    return
+                break
         started = time.perf_counter()
         status = 500
         route = _route_name(scope, self.holder)
@@ -207,12 +210,21 @@ class ObservedApp:
 
         gw = self.holder.gateway
         tracer = gw.tracer if gw is not None else self.tracer
-        with tracer.start_as_current_span(f"{scope['method']} {route}") as span:
+        # What start_as_current_span does, without its two context-manager layers.
+        span = tracer.start_span(f"{scope['method']} {route}")
+        token = context.attach(trace.set_span_in_context(span))
+        try:
             await self.app(scope, _limited(receive, self.max_body), send_observed)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            context.detach(token)
             span.set_attribute("http.status_code", status)
-        if gw is not None:
-            gw.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            gw.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            span.end()
+            if gw is not None:
+                gw.metrics.observe_request(route, scope["method"], status, started)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
