@@ -1,8 +1,10 @@
 """The gateway's shared state: NATS, the control plane, rate limits, metrics, tracing."""
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -53,6 +55,27 @@ class GatewayMetrics:
         self.tenant_points = PromCounter(
             "driftlock_gateway_tenant_points", "Points accepted per tenant", ["tenant"], registry=r
         )
+        # Labelled children, looked up once: labels() takes a lock and builds a key per call.
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._tenant_requests: dict[str, Any] = {}
+
+    def observe_request(self, route: str, method: str, status: int, started: float) -> None:
+        key = (route, method, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        histogram = self._latency.get(route)
+        if histogram is None:
+            histogram = self._latency[route] = self.latency.labels(route)
+        histogram.observe(time.perf_counter() - started)
+
+    def count_tenant_request(self, tenant: str) -> None:
+        counter = self._tenant_requests.get(tenant)
+        if counter is None:
+            counter = self._tenant_requests[tenant] = self.tenant_requests.labels(tenant)
+        counter.inc()
 
 
 @dataclass
@@ -90,7 +113,7 @@ class Gateway:
             self.metrics.rate_limited.inc()
             raise
         self.usage_requests[principal.tenant] += 1
-        self.metrics.tenant_requests.labels(principal.tenant).inc()
+        self.metrics.count_tenant_request(principal.tenant)
 
     def limit_points(self, tenant: str, points: int) -> None:
         try:
