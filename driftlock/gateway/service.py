@@ -4,6 +4,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from nats.aio.client import Client
@@ -94,7 +95,7 @@ class Gateway:
     usage_requests: Counter[str] = field(default_factory=Counter)
     usage_points: Counter[str] = field(default_factory=Counter)
 
-    @property
+    @cached_property
     def subjects(self) -> Subjects:
         return Subjects(self.settings.prefix)
 
