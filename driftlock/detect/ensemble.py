@@ -237,8 +237,8 @@ def _warm_up(detector: Detector) -> None:
     if _warm:
         return
     _warm = True
-    ts = 1_700_006_400.0 + 300.0 * np.arange(600)
-    values = np.sin(np.arange(600) / 20.0)
+    ts: FloatArray = 1_700_006_400.0 + 300.0 * np.arange(600, dtype=np.float64)
+    values: FloatArray = np.sin(np.arange(600, dtype=np.float64) / 20.0)
     state = DetectorState()
     decoder = msgspec.msgpack.Decoder(DetectorState)
     for start in range(0, 600, 100):

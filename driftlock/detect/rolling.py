@@ -14,6 +14,36 @@ import numpy.typing as npt
 from driftlock.detect.jit import jit
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@jit
+def _sift(heap: IntArray, size: int, vals: FloatArray, pos: IntArray, k: int, side: int) -> None:
+    """Move heap[k] to its place in heap[:size], a heap of node ids: the largest value on
+    top for the low side (0), the smallest for the high side (1)."""
+    sign = 1.0 if side == 0 else -1.0
+    node = heap[k]
+    x = sign * vals[node]
+    while k > 0:
+        parent = (k - 1) >> 1
+        if sign * vals[heap[parent]] >= x:
+            break
+        heap[k] = heap[parent]
+        pos[heap[k]] = k
+        k = parent
+    while True:
+        child = 2 * k + 1
+        if child >= size:
+            break
+        if child + 1 < size and sign * vals[heap[child + 1]] > sign * vals[heap[child]]:
+            child += 1
+        if sign * vals[heap[child]] <= x:
+            break
+        heap[k] = heap[child]
+        pos[heap[k]] = k
+        k = child
+    heap[k] = node
+    pos[node] = k
 
 
 @jit
@@ -21,77 +51,122 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
     """For the n entries from index `first` on, the median of the `window` entries of `a`
     ending `lag` entries before each (fewer at the start; NaN where there are none).
 
-    A sorted copy of the window slides along: one binary search and one shift per entry
-    that enters or leaves, instead of a sort per entry."""
+    One point: a selection over its window. More: two heaps slide along (the low half under
+    the high half, as bottleneck does), so a step costs a few sifts, not a sort."""
     out = np.empty(n)
-    window_sorted = np.empty(window)
-    m = 0  # entries in window_sorted
-    lo = hi = 0  # the window held: a[lo:hi]
+    if n == 1:
+        out[0] = _window_median(a, first - lag + 1, window)
+        return out
+    # Node e % window holds entry e of the window; the low half is a max-heap (heaps[0]),
+    # the high half a min-heap (heaps[1]); side[node]: 0 low, 1 high, -1 not held (NaN).
+    vals = np.empty(window)
+    pos = np.empty(window, np.int64)
+    side = np.full(window, -1, np.int8)
+    heaps = np.empty((2, window), np.int64)
+    sizes = np.zeros(2, np.int64)
+    lo = hi = 0
     for j in range(n):
-        end = first + j - lag + 1  # the window is a[start:end]
+        end = first + j - lag + 1
         if end <= 0:
             out[j] = np.nan
             continue
         start = max(0, end - window)
-        if start >= hi or end < hi:  # no overlap with what is held: fill it anew
-            m = 0
-            for i in range(start, end):
-                if not math.isnan(a[i]):
-                    window_sorted[m] = a[i]
-                    m += 1
-            window_sorted[:m].sort()
-        elif start == lo + 1 and end == hi + 1 and not (math.isnan(a[lo]) or math.isnan(a[hi])):
-            _replace(window_sorted, m, a[lo], a[hi])  # the usual step: one out, one in
-        else:
-            for i in range(lo, start):
-                if not math.isnan(a[i]):
-                    k = _position(window_sorted, m, a[i])
-                    for s in range(k, m - 1):
-                        window_sorted[s] = window_sorted[s + 1]
-                    m -= 1
-            for i in range(hi, end):
-                if not math.isnan(a[i]):
-                    k = _position(window_sorted, m, a[i])
-                    for s in range(m, k, -1):
-                        window_sorted[s] = window_sorted[s - 1]
-                    window_sorted[k] = a[i]
-                    m += 1
+        if start >= hi:  # nothing held is still in the window
+            side[:] = -1
+            sizes[:] = 0
+            lo = hi = start
+        for e in range(hi, end):
+            node = e % window
+            held = e - window >= lo and side[node] >= 0  # entry e - window, leaving
+            if held and not math.isnan(a[e]):
+                vals[node] = a[e]  # the usual step: one value out, one in, same node
+                _sift(heaps[side[node]], sizes[side[node]], vals, pos, pos[node], side[node])
+            else:
+                if held:
+                    _take_out(heaps, sizes, vals, pos, side, node)
+                if not math.isnan(a[e]):
+                    _put_in(heaps, sizes, vals, pos, side, node, a[e])
+            _balance(heaps, sizes, vals, pos, side)
         lo, hi = start, end
+        m = sizes[0] + sizes[1]
         if m == 0:
             out[j] = np.nan
         elif m % 2:
-            out[j] = window_sorted[m // 2]
+            out[j] = vals[heaps[0, 0]]
         else:
-            out[j] = (window_sorted[m // 2 - 1] + window_sorted[m // 2]) / 2.0
+            out[j] = (vals[heaps[0, 0]] + vals[heaps[1, 0]]) / 2.0
     return out
 
 
 @jit
-def _position(window_sorted: FloatArray, m: int, x: float) -> int:
-    """Where x goes in the first m sorted entries: before every entry not below it."""
-    lo, hi = 0, m
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if window_sorted[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _window_median(a: FloatArray, end: int, window: int) -> float:
+    if end <= 0:
+        return np.nan
+    chunk = a[max(0, end - window) : end]
+    held = chunk[~np.isnan(chunk)]
+    return float(np.median(held)) if len(held) else np.nan
 
 
 @jit
-def _replace(window_sorted: FloatArray, m: int, old: float, new: float) -> None:
-    """Take `old` out of the sorted window and put `new` in, moving only what lies between."""
-    k = _position(window_sorted, m, old)
-    if new >= old:
-        while k + 1 < m and window_sorted[k + 1] < new:
-            window_sorted[k] = window_sorted[k + 1]
-            k += 1
-    else:
-        while k > 0 and window_sorted[k - 1] > new:
-            window_sorted[k] = window_sorted[k - 1]
-            k -= 1
-    window_sorted[k] = new
+def _take_out(
+    heaps: IntArray,
+    sizes: IntArray,
+    vals: FloatArray,
+    pos: IntArray,
+    side: npt.NDArray[np.int8],
+    node: int,
+) -> None:
+    """The last node of its heap takes its place."""
+    s = side[node]
+    sizes[s] -= 1
+    k = pos[node]
+    if k < sizes[s]:
+        heaps[s, k] = heaps[s, sizes[s]]
+        pos[heaps[s, k]] = k
+        _sift(heaps[s], sizes[s], vals, pos, k, s)
+    side[node] = -1
+
+
+@jit
+def _put_in(
+    heaps: IntArray,
+    sizes: IntArray,
+    vals: FloatArray,
+    pos: IntArray,
+    side: npt.NDArray[np.int8],
+    node: int,
+    x: float,
+) -> None:
+    vals[node] = x
+    s = 0 if sizes[0] == 0 or x <= vals[heaps[0, 0]] else 1
+    heaps[s, sizes[s]] = node
+    side[node] = s
+    pos[node] = sizes[s]
+    sizes[s] += 1
+    _sift(heaps[s], sizes[s], vals, pos, sizes[s] - 1, s)
+
+
+@jit
+def _balance(
+    heaps: IntArray, sizes: IntArray, vals: FloatArray, pos: IntArray, side: npt.NDArray[np.int8]
+) -> None:
+    """The low half holds as many entries as the high one, or one more, none above them."""
+    for s in (0, 1):
+        if sizes[s] > sizes[1 - s] + (1 - s):
+            node = heaps[s, 0]
+            _take_out(heaps, sizes, vals, pos, side, node)
+            t = 1 - s
+            heaps[t, sizes[t]] = node
+            side[node] = t
+            pos[node] = sizes[t]
+            sizes[t] += 1
+            _sift(heaps[t], sizes[t], vals, pos, sizes[t] - 1, t)
+    if sizes[1] and vals[heaps[0, 0]] > vals[heaps[1, 0]]:
+        low, high = heaps[0, 0], heaps[1, 0]
+        heaps[0, 0], heaps[1, 0] = high, low
+        side[high], side[low] = 0, 1
+        _sift(heaps[0], sizes[0], vals, pos, 0, 0)
+        _sift(heaps[1], sizes[1], vals, pos, 0, 1)
 
 
 @jit
