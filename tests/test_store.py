@@ -253,3 +253,33 @@ def test_a_missing_upgrade_step_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(records, "ACTOR_VERSION", 2)
     with pytest.raises(ValueError, match="no upgrade from record version 1 to 2"):
         records.decode_actor(old)
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mapping of `path`."""
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.startswith(("Rss", "Size")):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            resident += int(line.split()[1])
+    return resident
+
+
+async def test_pages_read_through_the_map_are_given_back(store_dir: Path) -> None:
+    """An export reads every page of a partition; afterwards none stays resident."""
+    store = StateStore(store_dir, sync=False)
+    try:
+        big = encode(ActorRecord(detector=DetectorState(values=b"\x01" * 65536)))
+        await store.commit(3, {actor_key(3, "t", f"m{i}"): big for i in range(64)}, 1)
+        data = (store_dir / "data.mdb").resolve()
+        for i in range(64):
+            assert store.read_actor(3, "t", f"m{i}") is not None
+        assert _mapped_kib(data) >= 64 * 64  # every value was read through the map
+        assert store.release_mapped_pages() > 0
+        assert _mapped_kib(data) < 64
+        assert len(store.export_partition(3)[1]) == 64
+        assert _mapped_kib(data) < 64
+        assert store.read_actor(3, "t", "m0") is not None  # still readable: faulted back in
+    finally:
+        store.close()
