@@ -39,14 +39,10 @@ def learned_scores(
     """Raw scores for the last n entries of `series` (history + batch), given each point's
     robust scale; returns them and the model to store (centroids, then the distance unit)."""
     model = floats(state.centroids)
-    steps = np.diff(series)
-    if len(steps) < DIMS:
+    if len(series) <= DIMS:
         return np.full(n, np.nan), state.centroids
-    # Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy).
-    vectors = np.lib.stride_tricks.as_strided(
-        steps, shape=(len(steps) - DIMS + 1, DIMS), strides=(steps.strides[0],) * 2, writeable=False
-    )
-    # Vector r ends at series entry r + DIMS; the batch's point j is entry len(series) - n + j.
+    # Vector r (steps r .. r + DIMS - 1) ends at series entry r + DIMS; the batch's point j is
+    # entry len(series) - n + j.
     first_row = len(series) - n - DIMS
     raw = np.full(n, np.nan)
     first = (-state.count) % RETRAIN or RETRAIN
@@ -55,18 +51,26 @@ def learned_scores(
         if len(model):
             lo = max(a, -first_row)  # the stream's first points have no full vector
             if lo < b:
-                raw[lo:b] = _distance(model, steps, first_row + lo, scale[lo:b])
+                raw[lo:b] = _distance(model, series, first_row + lo, scale[lo:b])
         if b < n or (state.count + n) % RETRAIN == 0:
             # The boundary point b is entry len(series) - n + b: train on the vectors before it.
             end = first_row + b
             if end >= MIN_TRAIN:
-                model = _train(vectors[max(0, end - TRAIN) : end], model)
+                model = _train(_vectors(series)[max(0, end - TRAIN) : end], model)
         a = b
     return raw, model.tobytes()
 
 
+def _vectors(series: FloatArray) -> FloatArray:
+    """Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy)."""
+    steps = np.diff(series)
+    return np.lib.stride_tricks.as_strided(
+        steps, shape=(len(steps) - DIMS + 1, DIMS), strides=(steps.strides[0],) * 2, writeable=False
+    )
+
+
 @jit
-def _distance(model: FloatArray, steps: FloatArray, first: int, scale: FloatArray) -> FloatArray:
+def _distance(model: FloatArray, series: FloatArray, first: int, scale: FloatArray) -> FloatArray:
     """Distance of vectors first, first + 1, … (vector r: steps r .. r + DIMS - 1) to their
     nearest centroid, in the model's unit. Summed in a fixed order, not by a matrix product:
     a point's score must not depend on how many came with it."""
@@ -77,7 +81,8 @@ def _distance(model: FloatArray, steps: FloatArray, first: int, scale: FloatArra
         for c in range(CLUSTERS):
             total = 0.0
             for d in range(DIMS):
-                diff = steps[first + j + d] - model[c * DIMS + d]
+                step = series[first + j + d + 1] - series[first + j + d]
+                diff = step - model[c * DIMS + d]
                 total += diff * diff
             best = min(best, total)
         out[j] = np.sqrt(best) / np.maximum(unit, SCALE_FLOOR * scale[j])

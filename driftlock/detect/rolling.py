@@ -71,10 +71,9 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
             out[j] = np.nan
             continue
         start = max(0, end - window)
-        if start >= hi:  # nothing held is still in the window
-            side[:] = -1
-            sizes[:] = 0
-            lo = hi = start
+        if start >= hi:  # nothing held is still in the window: fill it anew
+            _fill(a, start, end, heaps, sizes, vals, pos, side)
+            lo, hi = start, end
         for e in range(hi, end):
             node = e % window
             held = e - window >= lo and side[node] >= 0  # entry e - window, leaving
@@ -96,6 +95,40 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
         else:
             out[j] = (vals[heaps[0, 0]] + vals[heaps[1, 0]]) / 2.0
     return out
+
+
+@jit
+def _fill(
+    a: FloatArray,
+    start: int,
+    end: int,
+    heaps: IntArray,
+    sizes: IntArray,
+    vals: FloatArray,
+    pos: IntArray,
+    side: npt.NDArray[np.int8],
+) -> None:
+    """Hold a[start:end] (NaN left out) from one sort: its low half in descending order is a
+    max-heap, its high half in ascending order a min-heap."""
+    window = len(vals)
+    side[:] = -1
+    entries = np.empty(end - start, np.int64)
+    m = 0
+    for e in range(start, end):
+        if not math.isnan(a[e]):
+            entries[m] = e
+            m += 1
+    entries = entries[:m][np.argsort(a[entries[:m]])]
+    sizes[0], sizes[1] = (m + 1) // 2, m // 2
+    for rank in range(m):
+        e = entries[rank]
+        node = e % window
+        vals[node] = a[e]
+        s = 0 if rank < sizes[0] else 1
+        k = sizes[0] - 1 - rank if s == 0 else rank - sizes[0]
+        heaps[s, k] = node
+        side[node] = s
+        pos[node] = k
 
 
 @jit
