@@ -5,11 +5,13 @@ stream when it cannot be sure (not loaded, or reaching past what it dropped)."""
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import nats
 import pytest
 from nats.aio.client import Client
 
+from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
 from driftlock.gateway import anomaly_index
@@ -17,6 +19,9 @@ from driftlock.gateway.anomalies_api import scan_stream
 from driftlock.gateway.anomaly_index import AnomalyIndex
 from driftlock.gateway.models import AnomalyQuery
 from tests.conftest import TEST_PARTITIONS, eventually
+
+if TYPE_CHECKING:
+    from driftlock.gateway.server import GatewayServer
 
 KINDS = ["spike", "dip", "level_shift"]
 
@@ -134,3 +139,27 @@ async def test_a_query_past_what_the_copy_dropped_goes_to_the_stream(
         assert [a["value"] for a in newest[0]] == [24.0, 25.0, 26.0, 27.0, 28.0, 29.0]
     finally:
         await index.stop()
+
+
+async def test_the_copy_follows_the_stream_across_a_nats_server_restart(
+    gateway: "GatewayServer", nats_server: ManagedNatsServer
+) -> None:
+    gw = gateway.app.gateway
+    assert gw is not None and gw.anomalies is not None
+    index = gw.anomalies
+    await eventually(lambda: index.ready)
+    nats_server.kill()
+    await nats_server.start()  # same port and store
+    await eventually(lambda: gw.nc.is_connected, timeout=15)
+    other = await nats.connect(nats_server.url)
+    try:
+        await publish(other, gw.subjects, ["late"], 3)
+    finally:
+        await other.close()
+
+    def loaded() -> bool:
+        return index.ready and index.size >= 3
+
+    await eventually(loaded, timeout=15)
+    page = await index.query("late", AnomalyQuery())
+    assert page is not None and [a["value"] for a in page[0]] == [0.0, 1.0, 2.0]

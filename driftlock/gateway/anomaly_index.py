@@ -199,6 +199,11 @@ class AnomalyIndex:
                 await sub.unsubscribe()
 
     @property
+    def ready(self) -> bool:
+        """Loaded and following: queries are answered from the copy."""
+        return self._ready
+
+    @property
     def size(self) -> int:
         return sum(len(t.entries) for t in self._tenants.values())
 
