@@ -2,17 +2,36 @@
 
 A detector call on a few points used to be hundreds of numpy calls of a microsecond or more
 each, whatever the batch size: per-call overhead, not arithmetic, was the cost. The per-point
-loops are compiled with numba instead, once per machine (`cache=True` keeps the machine code
-in `__pycache__`, so later processes load it). `nogil` lets the node's heartbeat thread run
-while a partition scores a large batch.
+loops are compiled with numba instead, once per machine, and the machine code is kept on disk
+so later processes only load it (~1 s). `nogil` lets the node's heartbeat thread run while a
+partition scores a large batch.
+
+numba checks a cached function against its own source file only, not against the compiled
+functions it calls: an edit to `rolling.py` would leave `robust.py`'s cached code calling the
+old median. The cache directory is therefore named after a hash of every module of this
+package, so any edit here starts a fresh cache.
 """
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numba
 
 F = TypeVar("F", bound=Callable[..., Any])
+_PACKAGE = Path(__file__).parent
+
+
+def _cache_dir() -> Path:
+    digest = hashlib.blake2b(digest_size=8)
+    for source in sorted(_PACKAGE.glob("*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return _PACKAGE / "__pycache__" / f"numba-{digest.hexdigest()}"
+
+
+numba.config.CACHE_DIR = str(_cache_dir())
 
 
 def jit(fn: F) -> F:
