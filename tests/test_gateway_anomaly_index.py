@@ -7,6 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -73,6 +74,11 @@ QUERIES: list[dict[str, Any]] = [
 ]
 
 
+def as_dict(a: Any) -> dict[str, Any]:
+    """The copy answers with each anomaly's JSON, the stream scan with decoded ones."""
+    return a if isinstance(a, dict) else msgspec.json.decode(a)
+
+
 async def pages(source: Any, tenant: str, params: dict[str, Any]) -> list[Any]:
     """Every page a client gets by following next_cursor."""
     out: list[Any] = []
@@ -82,7 +88,7 @@ async def pages(source: Any, tenant: str, params: dict[str, Any]) -> list[Any]:
         page = await source(tenant, q)
         assert page is not None
         anomalies, cursor = page
-        out.append(([a["id"] for a in anomalies], cursor))
+        out.append(([as_dict(a)["id"] for a in anomalies], cursor))
         if cursor is None:
             return out
     raise AssertionError("paging did not end")
@@ -136,7 +142,7 @@ async def test_a_query_past_what_the_copy_dropped_goes_to_the_stream(
         assert await index.query("t1", AnomalyQuery(cursor=1)) is None
         newest = await index.query("t1", AnomalyQuery(cursor=25))
         assert newest is not None
-        assert [a["value"] for a in newest[0]] == [24.0, 25.0, 26.0, 27.0, 28.0, 29.0]
+        assert [as_dict(a)["value"] for a in newest[0]] == [24.0, 25.0, 26.0, 27.0, 28.0, 29.0]
     finally:
         await index.stop()
 
@@ -162,4 +168,26 @@ async def test_the_copy_follows_the_stream_across_a_nats_server_restart(
 
     await eventually(loaded, timeout=15)
     page = await index.query("late", AnomalyQuery())
-    assert page is not None and [a["value"] for a in page[0]] == [0.0, 1.0, 2.0]
+    assert page is not None and [as_dict(a)["value"] for a in page[0]] == [0.0, 1.0, 2.0]
+
+
+async def test_past_the_total_cap_the_largest_tenant_drops_its_oldest(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(anomaly_index, "TOTAL", 25)
+    subjects = Subjects()
+    js = nc.jetstream()
+    await ensure_streams(js, subjects, TEST_PARTITIONS, StreamLimits(86400, 86400, 3600))
+    await publish(nc, subjects, ["big"], 20)
+    await publish(nc, subjects, ["small"], 5)
+    await publish(nc, subjects, ["small"], 1)
+    index = AnomalyIndex(nc, js, subjects, 86400)
+    await index.start()
+    try:
+        await eventually(lambda: index.ready)
+        assert index.size <= 25
+        assert await index.query("big", AnomalyQuery()) is None  # to the stream
+        small = await index.query("small", AnomalyQuery())
+        assert small is not None and len(small[0]) == 6
+    finally:
+        await index.stop()

@@ -39,9 +39,9 @@ async def list_anomalies(call: Call) -> Response:
     index = call.gateway.anomalies
     answer = await index.query(call.tenant, q) if index is not None else None
     if answer is not None:  # the in-memory copy of the stream holds all the page can see
-        anomalies, next_cursor = answer
-        return Response(_page_encoder.encode({"anomalies": anomalies, "next_cursor": next_cursor}),
-                        media_type="application/json")  # fmt: skip
+        encoded, next_cursor = answer
+        body = _page_encoder.encode({"anomalies": encoded, "next_cursor": next_cursor})
+        return Response(body, media_type="application/json")
     gw = call.gateway
     anomalies, next_cursor = await scan_stream(gw.nc, gw.js, gw.subjects, call.tenant, q)
     page = AnomalyPage.model_validate({"anomalies": anomalies, "next_cursor": next_cursor})

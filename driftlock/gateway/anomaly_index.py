@@ -17,8 +17,8 @@ import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -33,11 +33,14 @@ log = logging.getLogger("driftlock.gateway.anomalies")
 
 PER_TENANT = 20_000
 """Anomalies kept per tenant; older ones are read from the stream."""
+TOTAL = 200_000
+"""Anomalies kept in all (about 0.5 kB each); past it the largest tenant drops its oldest."""
 SCAN_FACTOR = 10
 """A page scans at most this many stored anomalies per requested one, so a selective filter
 costs bounded work; the cursor continues where the scan stopped."""
 FRESH_WAIT_S = 0.25
 """How long a query waits for the copy to catch up with the live stream."""
+_json = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -48,8 +51,8 @@ class _Entry:
     metric: str
     score: float
     kind: str
-    doc: dict[str, Any]
-    """As the page renders it."""
+    doc: msgspec.Raw
+    """The JSON a page shows, encoded once."""
 
 
 @dataclass(slots=True)
@@ -66,10 +69,11 @@ class _Tenant:
         self.seqs.append(e.seq)
         self.stored.append(e.stored)
 
-    def drop_first(self, n: int, *, capped: bool) -> None:
+    def drop_first(self, n: int, *, capped: bool) -> int:
         if capped:
             self.dropped_seq, self.dropped_stored = self.seqs[n - 1], self.stored[n - 1]
         del self.entries[:n], self.seqs[:n], self.stored[:n]
+        return n
 
 
 class AnomalyIndex:
@@ -78,6 +82,7 @@ class AnomalyIndex:
     ) -> None:
         self._nc, self._js, self._subjects, self._max_age = nc, js, subjects, max_age_s
         self._tenants: dict[str, _Tenant] = {}
+        self._total = 0
         self._ready = False
         self._indexed_seq = 0
         self._live_seq = 0
@@ -111,9 +116,9 @@ class AnomalyIndex:
 
     async def query(
         self, tenant: str, q: AnomalyQuery
-    ) -> tuple[list[dict[str, Any]], int | None] | None:
-        """The page, or None when the copy cannot answer for sure (the caller reads the
-        stream)."""
+    ) -> tuple[list[msgspec.Raw], int | None] | None:
+        """The page (each anomaly as its JSON), or None when the copy cannot answer for sure
+        (the caller reads the stream)."""
         if not self._ready:
             return None
         if self._indexed_seq < self._live_seq and not await self._catch_up():
@@ -168,7 +173,7 @@ class AnomalyIndex:
             delay = min(delay * 2, 5.0)
 
     async def _follow(self) -> None:
-        self._tenants, self._indexed_seq = {}, 0
+        self._tenants, self._indexed_seq, self._total = {}, 0, 0
         stream = self._subjects.anomalies_stream
         info = await self._js.stream_info(stream)
         target, empty = info.state.last_seq, info.state.messages == 0
@@ -205,7 +210,7 @@ class AnomalyIndex:
 
     @property
     def size(self) -> int:
-        return sum(len(t.entries) for t in self._tenants.values())
+        return self._total
 
     def _add(self, seq: int, stored: float, data: bytes) -> None:
         if seq <= self._indexed_seq:
@@ -219,10 +224,14 @@ class AnomalyIndex:
             log.warning("skipping an anomaly the API cannot show", extra=extra)
             return
         t = self._tenants.setdefault(out.tenant, _Tenant())
-        doc = out.model_dump(mode="json", by_alias=True)
+        doc = msgspec.Raw(_json.encode(out.model_dump(mode="json", by_alias=True)))
         t.append(_Entry(seq, stored, out.metric, out.score, out.kind.value, doc))
+        self._total += 1
         if len(t.entries) > PER_TENANT:
-            t.drop_first(len(t.entries) - PER_TENANT + PER_TENANT // 10, capped=True)
+            self._total -= t.drop_first(len(t.entries) - PER_TENANT + PER_TENANT // 10, capped=True)
+        if self._total > TOTAL:
+            largest = max(self._tenants.values(), key=lambda t: len(t.entries))
+            self._total -= largest.drop_first(max(1, len(largest.entries) // 10), capped=True)
 
     def _expire(self) -> None:
         """Drop what the stream's max age has removed there too."""
@@ -234,18 +243,16 @@ class AnomalyIndex:
         for t in self._tenants.values():
             n = bisect.bisect_left(t.stored, horizon)
             if n:
-                t.drop_first(n, capped=False)
+                self._total -= t.drop_first(n, capped=False)
 
 
-def _scan(
-    entries: list[_Entry], i: int, q: AnomalyQuery
-) -> tuple[list[dict[str, Any]], int | None]:
+def _scan(entries: list[_Entry], i: int, q: AnomalyQuery) -> tuple[list[msgspec.Raw], int | None]:
     """What a consumer reading from position i would return: the scan budget counts the
     anomalies of the metric filter, `until` ends the page, the cursor follows the last one
     scanned when more are left."""
     budget = q.limit * SCAN_FACTOR
     kind = q.kind.value if q.kind else None
-    found: list[dict[str, Any]] = []
+    found: list[msgspec.Raw] = []
     last_seq = scanned = 0
     n = len(entries)
     while i < n and scanned < budget:
