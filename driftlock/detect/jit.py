@@ -13,11 +13,13 @@ package, so any edit here starts a fresh cache.
 """
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numba
+import numba.core.config
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PACKAGE = Path(__file__).parent
@@ -31,7 +33,9 @@ def _cache_dir() -> Path:
     return _PACKAGE / "__pycache__" / f"numba-{digest.hexdigest()}"
 
 
-numba.config.CACHE_DIR = str(_cache_dir())
+if "NUMBA_CACHE_DIR" not in os.environ:  # an operator's own choice wins
+    os.environ["NUMBA_CACHE_DIR"] = str(_cache_dir())
+    numba.core.config.reload_config()  # type: ignore[no-untyped-call]
 
 
 def jit(fn: F) -> F:
