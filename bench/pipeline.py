@@ -5,8 +5,9 @@ payload decode, no DriftLock logic).
     python -m bench.pipeline [--quick]
 
 Reports events/s for single-point messages, 100-point JSON batches and 100-point columnar
-msgpack batches (`{"ts": <bin>, "values": <bin>}`), over 1,000 and 100,000 streams, and the
-publish → anomaly latency on an idle node.
+msgpack batches (`{"ts": <bin>, "values": <bin>}`), over 1,000 and 100,000 streams: the
+producer's own rate, the raw ceiling (its consumer is a separate process, as the node is) and
+DriftLock; and the publish → anomaly latency on an idle node and under load.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -85,9 +87,35 @@ async def publish_all(
     await nc.flush()
 
 
-async def raw_ceiling(url: str, s: Scenario, messages: list[tuple[str, bytes]]) -> float:
-    """Store the messages, then consume every partition with the pull feed and decode each
-    payload; events/s over publish start → last decode."""
+async def raw_ceiling(
+    url: str, s: Scenario, messages: list[tuple[str, bytes]]
+) -> tuple[float, float]:
+    """Store the messages while another process (as the node is) consumes every partition
+    with the pull feed and decodes each payload. Returns events/s over publish start → last
+    decode, and the producer's own rate (publish until the server has stored the last one)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    first_seq = (await js.stream_info("DL_EVENTS")).state.last_seq + 1
+    consumer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.pipeline", "--raw-consumer", url, str(s.events),
+        str(first_seq), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert consumer.stdout is not None
+    await consumer.stdout.readline()  # "ready": its feeds are pulling
+    started = time.time()
+    await publish_all(nc, messages, MSGPACK if s.columnar else None)
+    last = first_seq + len(messages) - 1
+    while (await js.stream_info("DL_EVENTS")).state.last_seq < last:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    published = time.time() - started
+    done = float((await consumer.stdout.readline()).decode())
+    await consumer.wait()
+    await nc.close()
+    return s.events / (done - started), s.events / published
+
+
+async def consume_raw(url: str, events: int, first_seq: int) -> None:
+    """The raw ceiling's consumer: prints "ready", then the wall time of the last decode."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     subjects = Subjects()
@@ -97,28 +125,25 @@ async def raw_ceiling(url: str, s: Scenario, messages: list[tuple[str, bytes]]) 
         )
         for p in range(PARTITIONS)
     ]
-    first_seq = (await js.stream_info("DL_EVENTS")).state.last_seq + 1
     for feed in feeds:
         await feed.start(first_seq)
+    print("ready", flush=True)
     decoded = 0
 
     async def drain(feed: PartitionFeed) -> None:
         nonlocal decoded
-        while decoded < s.events:
+        while decoded < events:
             for d in await feed.next_batch(100_000, wait_s=0.2):
                 content_type = (d.headers or {}).get("Content-Type")
                 decoded += len(
                     decode_points(d.data, content_type, now=d.stored_at, max_points=10_000).values
                 )
 
-    started = time.perf_counter()
-    headers = MSGPACK if s.columnar else None
-    await asyncio.gather(publish_all(nc, messages, headers), *(drain(f) for f in feeds))
-    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(drain(f) for f in feeds))
+    print(time.time(), flush=True)
     for feed in feeds:
         await feed.stop()
     await nc.close()
-    return s.events / elapsed
 
 
 async def end_to_end(
@@ -238,7 +263,7 @@ async def main(quick: bool) -> dict[str, Any]:
             await nc.close()
             for s in scenarios:
                 messages = payloads(s)
-                ceiling = await raw_ceiling(server.url, s, messages)
+                ceiling, publish_rate = await raw_ceiling(server.url, s, messages)
                 node, port = start_node(server.url, Path(tmp) / f"node-{len(rows)}")
                 try:
                     e2e = await end_to_end(server.url, port, s, messages)
@@ -256,10 +281,21 @@ async def main(quick: bool) -> dict[str, Any]:
                 finally:
                     node.terminate()
                     node.wait(30)
-                rows.append([s.name, s.streams, s.events, ceiling, e2e, f"{e2e / ceiling:.2f}"])
+                rows.append(
+                    [
+                        s.name,
+                        s.streams,
+                        s.events,
+                        publish_rate,
+                        ceiling,
+                        e2e,
+                        f"{e2e / ceiling:.2f}",
+                    ]
+                )
                 results["scenarios"].append(
                     {"name": s.name, "events": s.events, "streams": s.streams,
-                     "raw_ceiling_eps": ceiling, "end_to_end_eps": e2e}
+                     "publish_eps": publish_rate, "raw_ceiling_eps": ceiling,
+                     "end_to_end_eps": e2e}
                 )  # fmt: skip
                 if latencies:
                     results["idle_latency_ms"] = _quantiles(latencies)
@@ -267,7 +303,7 @@ async def main(quick: bool) -> dict[str, Any]:
             server.stop()
     print_table(
         "End to end, one node, 64 partitions (events/s)",
-        ["scenario", "streams", "events", "raw ceiling", "DriftLock", "ratio"],
+        ["scenario", "streams", "events", "publish only", "raw ceiling", "DriftLock", "ratio"],
         rows,
     )
     for key, label in [
@@ -296,7 +332,14 @@ def cli() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the bench runs")
+    parser.add_argument(
+        "--raw-consumer", nargs=3, metavar=("URL", "EVENTS", "FIRST_SEQ"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.raw_consumer:
+        url, events, first_seq = args.raw_consumer
+        uvloop.run(consume_raw(url, int(events), int(first_seq)))
+        return
     results = uvloop.run(main(args.quick))
     print("wrote", write_results("pipeline-quick" if args.quick else "pipeline", results))
 
