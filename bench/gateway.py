@@ -72,7 +72,7 @@ class _Connection(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             return
-        head = bytes(self.buffer[:end]).lower()
+        head = bytes(self.buffer[: end + 2]).lower()  # every header line ends with CRLF
         at = head.find(b"\r\ncontent-length:")
         length = int(head[at + 17 : head.find(b"\r\n", at + 2)]) if at >= 0 else 0
         if len(self.buffer) < end + 4 + length:
