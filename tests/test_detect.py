@@ -262,6 +262,17 @@ def test_one_alert_per_event() -> None:
     assert found.kinds == [K.SPIKE, K.SPIKE]
 
 
+def test_the_refractory_period_lasts_at_most_a_day() -> None:
+    """On an hourly stream 100 points are four days: a spike two days after another is a new
+    event and alerts, while one an hour after it is still held back; without timestamps the
+    period is counted in points only."""
+    x = noise(8, 1200)
+    x[[600, 601, 648]] += 20.0
+    found = run(x, ts=minutes(len(x), 3600.0))
+    assert found.anomalies == [600, 648]
+    assert run(x).anomalies == [600]
+
+
 def test_a_level_shift_alerts_once() -> None:
     x = noise(8, 1200)
     x[800:] += 20.0
@@ -412,9 +423,10 @@ def test_state_stays_bounded() -> None:
     assert final.count == len(x)
     assert len(final.values) == len(final.diffs) == (cfg.window + SHORT) * 8
     assert len(final.devs) == cfg.window * 8
-    assert len(final.surprise) == cfg.refractory * 8
-    # 9.2 kB of it the daily table, 1.7 kB the weekly one.
-    assert len(msgspec.msgpack.encode(final)) < 24_500
+    assert len(final.surprise) == len(final.surprise_ts) == cfg.refractory * 8
+    # 9.2 kB of it the daily table, 1.7 kB the weekly one, 0.8 kB each the refractory
+    # period's surprises and their times.
+    assert len(msgspec.msgpack.encode(final)) < 25_500
 
 
 def test_a_state_from_before_the_ensemble_still_decodes_and_runs() -> None:
@@ -427,6 +439,18 @@ def test_a_state_from_before_the_ensemble_still_decodes_and_runs() -> None:
     found = run(x, ts=minutes(200), state=state)
     assert found.anomalies == [150]
     assert found.state.count == 500
+
+
+def test_a_state_without_surprise_times_still_runs() -> None:
+    """A state from before the refractory period had a time limit: its surprises' times are
+    unknown, so they hold back by their count of points only."""
+    x = noise(17, 900)
+    x[[600, 650]] += 20.0
+    ts = minutes(len(x), 3600.0)
+    first = run(x[:640], ts=ts[:640])
+    old = msgspec.structs.replace(first.state, surprise_ts=b"")
+    assert run(x[640:], ts=ts[640:], state=old).anomalies == []
+    assert run(x[640:], ts=ts[640:], state=first.state).anomalies == [10]
 
 
 def test_cusum_is_stored_in_integer_fixed_point() -> None:
@@ -462,6 +486,7 @@ def test_detector_names() -> None:
         ({"quantile": 1.0}, r"quantile must be in \[0.5, 1\)"),
         ({"season_days": 0}, r"season_days must be in 1..14"),
         ({"refractory": 0}, r"refractory must be in 1..10000"),
+        ({"refractory_seconds": 0.0}, "refractory_seconds must be positive"),
     ],
 )
 def test_config_validation(kwargs: dict[str, float], message: str) -> None:

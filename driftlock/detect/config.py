@@ -21,6 +21,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     refractory: int = 100
     """Points after a surprising point during which another must be ESCALATION times as
     surprising to be reported: one alert per event."""
+    refractory_seconds: float = 86_400.0
+    """...and never longer than this (with timestamps): on an hourly stream 100 points are
+    four days, and an event a day or more after the last is a new one."""
 
     def __post_init__(self) -> None:
         if self.window < 8:
@@ -35,3 +38,5 @@ class DetectorConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("season_days must be in 1..14")
         if not 1 <= self.refractory <= 10_000:
             raise ValueError("refractory must be in 1..10000")
+        if not self.refractory_seconds > 0.0:
+            raise ValueError("refractory_seconds must be positive")

@@ -9,9 +9,10 @@ own history on the stream, voting into one anomaly score in [0, 1].
    noise hardly reaches). The combined surprise is their mean, so a point that several
    detectors find unusual outranks one that only one of them does.
 3. Refractory period: a point counts by how far its combined surprise exceeds ESCALATION
-   times the largest one in the `refractory` points before it: an event is reported when it
-   starts, not once per point while it lasts. The `missing_data` and `flatline` checks, which
-   fire on records only, are never held back.
+   times the largest one in the `refractory` points before it that are less than
+   `refractory_seconds` older: an event is reported when it starts, not once per point while
+   it lasts (and on a sparse stream, a surprise days ago does not mute today's). The
+   `missing_data` and `flatline` checks, which fire on records only, are never held back.
 4. score = e / (e + SCORE_HALF), e being that excess; an anomaly when score ≥ threshold (the
    default 0.5: just beyond the stream's 99.9th percentile on one detector, after a quiet
    refractory period).
@@ -33,7 +34,7 @@ from driftlock.detect.config import DetectorConfig
 from driftlock.detect.jit import jit
 from driftlock.detect.learned import learned_scores
 from driftlock.detect.robust import RobustScores, robust_scores
-from driftlock.detect.rolling import FloatArray, extend, max_before
+from driftlock.detect.rolling import FloatArray, extend
 from driftlock.detect.rules import RuleFlags, check_rules
 from driftlock.detect.seasonal import seasonal_scores
 from driftlock.detect.state import DetectorState, floats
@@ -144,13 +145,17 @@ class Detector:
         surprise, refs, hist, last_refs = self._calibrator.surprise(
             state, raw, scored, reference_shift(sensitivity)
         )
-        score, lower, upper, recent = _combine(
+        old_surprise = floats(state.surprise)
+        score, lower, upper, recent, recent_ts = _combine(
             surprise,
             rules.missing,
             rules.flat,
             scored,
-            floats(state.surprise),
+            old_surprise,
+            _surprise_times(state.surprise_ts, len(old_surprise)),
+            _nans(n) if ts is None else ts,
             cfg.refractory,
+            cfg.refractory_seconds,
             robust.median,
             robust.scale,
             refs[LEVEL],
@@ -175,6 +180,7 @@ class Detector:
             hist=hist,
             refs=last_refs,
             surprise=recent.tobytes(),
+            surprise_ts=recent_ts.tobytes(),
             centroids=centroids,
             **robust_fields,
             **rule_fields,
@@ -190,19 +196,26 @@ def _combine(
     flat: npt.NDArray[np.bool_],
     scored: npt.NDArray[np.bool_],
     old_surprise: FloatArray,
+    old_ts: FloatArray,
+    ts: FloatArray,
     refractory: int,
+    refractory_seconds: float,
     median: FloatArray,
     scale: FloatArray,
     level_ref: FloatArray,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """The detectors' surprises [detector, point] → score, the expected band (the level
     detector's reference around the rolling median) and the combined surprise of the last
-    `refractory` points to store. Sets the learned model's surprise to 0 where no other
-    detector is surprised (in place)."""
+    `refractory` points and their times (NaN: unknown) to store. Sets the learned model's
+    surprise to 0 where no other detector is surprised (in place)."""
     n = surprise.shape[1]
-    series = np.empty(len(old_surprise) + n)
-    series[: len(old_surprise)] = old_surprise
-    combined = series[len(old_surprise) :]
+    h = len(old_surprise)
+    series = np.empty(h + n)
+    series[:h] = old_surprise
+    combined = series[h:]
+    times = np.empty(h + n)
+    times[:h] = old_ts
+    times[h:] = ts
     score, lower, upper = np.empty(n), np.empty(n), np.empty(n)
     for j in range(n):
         # The learned model corroborates: alone, its 256-point memory is shorter than a day,
@@ -214,16 +227,34 @@ def _combine(
         for i in range(len(DETECTORS)):
             total += surprise[i, j]
         combined[j] = total / len(DETECTORS) + RULE_SURPRISE * fired if scored[j] else 0.0
-    recent = max_before(series, len(old_surprise), n, refractory, 1)
     for j in range(n):
-        excess = max(0.0, combined[j] - ESCALATION * np.fmax(0.0, recent[j]))
+        # The largest combined surprise in the refractory period: at most `refractory`
+        # points back, and only as far as `refractory_seconds` (an unknown time: no limit).
+        p, recent = h + j, 0.0
+        i = p - 1
+        while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
+            recent = max(recent, series[i])
+            i -= 1
+        excess = max(0.0, combined[j] - ESCALATION * recent)
         if missing[j] or flat[j]:
             # A rule (flatline, missing data) fires on records only: it is never held back.
             excess = max(excess, RULE_SURPRISE)
         score[j] = excess / (excess + SCORE_HALF)
         half_band = level_ref[j] * scale[j]
         lower[j], upper[j] = median[j] - half_band, median[j] + half_band
-    return score, lower, upper, series[-refractory:].copy()
+    return score, lower, upper, series[-refractory:].copy(), times[-refractory:].copy()
+
+
+def _surprise_times(data: bytes, count: int) -> FloatArray:
+    """The stored surprises' times; unknown (NaN) for any a state from before them lacks."""
+    known = floats(data)
+    if len(known) == count:
+        return known
+    times = _nans(count)
+    keep = min(len(known), count)
+    if keep:
+        times[count - keep :] = known[len(known) - keep :]
+    return times
 
 
 _warm = False

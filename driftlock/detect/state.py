@@ -56,6 +56,9 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """Each detector's calibration reference: the configured quantile of its raw scores."""
     surprise: bytes = b""
     """Combined surprise of the last `refractory` points."""
+    surprise_ts: bytes = b""
+    """Their timestamps (NaN: none given); shorter in a state from before it, which means
+    unknown for the oldest."""
     week_day: bytes = b""
     """Day number held by each row of the weekly table (-1: empty)."""
     week_today: int = -1
