@@ -59,6 +59,9 @@ class DecodedPoints:
 _Pairs = list[tuple[float, float]]
 _json_pairs = msgspec.json.Decoder(_Pairs)
 _msgpack_pairs = msgspec.msgpack.Decoder(_Pairs)
+_json_pair = msgspec.json.Decoder(tuple[float, float])
+_msgpack_pair = msgspec.msgpack.Decoder(tuple[float, float])
+_MSGPACK_ARRAY = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 _json_any = msgspec.json.Decoder()
 _msgpack_any = msgspec.msgpack.Decoder()
 _EMPTY_F = np.empty(0, dtype=np.float64)
@@ -92,6 +95,10 @@ def decode_points(
         columns = _columnar(data, now, max_points)
         if columns is not None:
             return columns
+    if _looks_like_one_pair(data, canonical):
+        one = _one_pair(data, canonical, now)
+        if one is not None:
+            return one
     pairs = _fast_pairs(data, canonical)
     if pairs is not None:
         if len(pairs) > max_points:
@@ -135,6 +142,26 @@ def _columnar(data: bytes, now: float, max_points: int) -> DecodedPoints | None:
     ts = np.frombuffer(columns.ts, dtype="<f8").astype(np.float64)
     values = np.frombuffer(columns.values, dtype="<f8").astype(np.float64)
     return _check_ranges(ts, values, np.arange(n, dtype=np.int32), [], now)
+
+
+def _looks_like_one_pair(data: bytes, content_type: str) -> bool:
+    """`[ts, value]` rather than a list of points: an array whose first item is no array."""
+    if content_type == JSON:
+        head = data[:32].lstrip()
+        return head[:1] == b"[" and head[1:].lstrip()[:1] not in (b"[", b"{")
+    return data[:1] == b"\x92" and data[1:2] != b"" and data[1] not in _MSGPACK_ARRAY
+
+
+def _one_pair(data: bytes, content_type: str, now: float) -> DecodedPoints | None:
+    """The single-point message `[ts, value]` with numeric ts, without a batch's machinery
+    (most producers send one point per message); None when it is not quite that."""
+    try:
+        ts, value = (_json_pair if content_type == JSON else _msgpack_pair).decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if not _in_range(ts, value, now):
+        return DecodedPoints(_EMPTY_F, _EMPTY_F, _EMPTY_I, [_range_error(0, ts, value, now)])
+    return DecodedPoints(np.array([ts]), np.array([value]), np.zeros(1, np.int32), [])
 
 
 def _fast_pairs(data: bytes, content_type: str) -> _Pairs | None:
