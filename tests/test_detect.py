@@ -268,8 +268,10 @@ def test_the_refractory_period_lasts_at_most_a_day() -> None:
     period is counted in points only."""
     x = noise(8, 1200)
     x[[600, 601, 648]] += 20.0
-    found = run(x, ts=minutes(len(x), 3600.0))
+    hourly = minutes(len(x), 3600.0)
+    found = run(x, ts=hourly)
     assert found.anomalies == [600, 648]
+    assert_same(run(x, random_sizes(5, len(x)), ts=hourly), found)
     assert run(x).anomalies == [600]
 
 
