@@ -6,6 +6,12 @@ messages on one plain core-NATS subscription, handing the worker everything that
 since its last batch. The consumer acks nothing: the worker's `last_applied_seq` in LMDB is
 the position, so on any doubt (a gap in delivery, a lost consumer) the feed recreates the
 consumer at the next unapplied sequence.
+
+What a partition holds, requested and not yet delivered plus delivered and not yet taken, is
+bounded in messages (two pull batches) and in bytes (two `max_bytes`, at the average size of
+the messages seen): a backlog stays in the stream, not in the node's memory, and the server
+never has more to push at the node than the node is ready to read (nats-server cuts a slow
+reader off as a slow consumer).
 """
 
 import asyncio
@@ -24,6 +30,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 log = logging.getLogger("driftlock.feed")
 
 CREATE_TIMEOUTS_S = (1.0, 1.0, 1.0, 2.0, 2.0, 5.0)
+MAX_BYTES = 1 << 20
+"""Bytes per pull request, at the average message size: 64 partitions hold at most ~128 MB."""
+SIZE_HORIZON = 4096
+"""Messages over which the average message size is taken (older ones fade by halves)."""
 
 _pull_encoder = msgspec.json.Encoder()
 
@@ -49,12 +59,15 @@ class PartitionFeed:
         stream: str,
         filter_subject: str,
         pull_batch: int,
+        max_bytes: int = MAX_BYTES,
         expires_s: float = 5.0,
         heartbeat_s: float = 1.0,
     ) -> None:
         self._nc, self._js = nc, js
         self._stream, self._filter = stream, filter_subject
         self._pull_batch, self._expires_s = pull_batch, expires_s
+        self._max_bytes = max_bytes
+        self._seen_messages, self._seen_bytes = 1, 1024  # a guess until messages arrive
         self._heartbeat_s = heartbeat_s
         self._buffer: list[Delivery] = []
         self._arrived = asyncio.Event()
@@ -165,16 +178,28 @@ class PartitionFeed:
 
     # -- pull requests --
 
+    @property
+    def held(self) -> int:
+        """Messages requested and not yet delivered, plus delivered and not yet taken."""
+        return self._credit + len(self._buffer)
+
+    def request_size(self) -> int:
+        """Messages per pull request: a pull batch, or fewer when they are large."""
+        average = self._seen_bytes / self._seen_messages
+        return max(1, min(self._pull_batch, int(self._max_bytes / average)))
+
     async def _top_up(self) -> None:
-        """Keep one to two pull batches requested, so the server never waits for us.
+        """Keep one to two requests' worth held, so the server never waits for us and a
+        backlog stays on the server.
 
         The server serves its waiting requests round-robin, so the feed keeps one credit for
         all of them: a message takes one, an expired request (408) takes its remainder."""
         if self._sub is None or not self._nc.is_connected:
             return
-        while self._credit < self._pull_batch:
+        size = self.request_size()
+        while self.held < size:
             request = {
-                "batch": self._pull_batch,
+                "batch": size,
                 "expires": int(self._expires_s * 1e9),
                 "idle_heartbeat": int(self._heartbeat_s * 1e9),
             }
@@ -183,7 +208,7 @@ class PartitionFeed:
                 _pull_encoder.encode(request),
                 reply=self._sub.subject,
             )
-            self._credit += self._pull_batch
+            self._credit += size
             self._last_activity = time.monotonic()
 
     async def _on_message(self, msg: Msg) -> None:
@@ -205,6 +230,11 @@ class PartitionFeed:
         self._next_seq = seq + 1
         self.pending = int(meta[8])
         self._credit -= 1
+        self._seen_messages += 1
+        self._seen_bytes += len(msg.data)
+        if self._seen_messages > SIZE_HORIZON:
+            self._seen_messages //= 2
+            self._seen_bytes //= 2
         self._buffer.append(
             Delivery(msg.subject, msg.data, msg.headers, seq, int(meta[7]) / 1e9, self.pending)
         )

@@ -1,0 +1,54 @@
+"""The partition feed against a real nats-server: a backlog stays in the stream, not in the
+node, in messages and in bytes, and every message still arrives once, in order."""
+
+import asyncio
+
+from nats.aio.client import Client
+
+from driftlock.bus.feed import Delivery, PartitionFeed
+
+
+async def backlog(nc: Client, count: int, size: int) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name="FEEDTEST", subjects=["feedtest.>"])
+    body = b"x" * size
+    for _ in range(count):
+        await js.publish("feedtest.a", body)
+
+
+async def take_all(feed: PartitionFeed, count: int, limit: int, batch: int) -> list[Delivery]:
+    """Take batches as a slow worker would, checking after each pause what the feed holds."""
+    taken: list[Delivery] = []
+    while len(taken) < count:
+        taken += await feed.next_batch(batch, wait_s=2.0)
+        await asyncio.sleep(0.05)  # the server has time to deliver whatever was requested
+        assert feed.held <= limit
+    return taken
+
+
+async def test_a_backlog_of_small_messages_is_held_two_pull_batches_at_most(nc: Client) -> None:
+    await backlog(nc, 1000, 16)
+    feed = PartitionFeed(nc, nc.jetstream(), stream="FEEDTEST", filter_subject="feedtest.a",
+                         pull_batch=50)  # fmt: skip
+    await feed.start(1)
+    try:
+        taken = await take_all(feed, 1000, limit=100, batch=50)
+    finally:
+        await feed.stop()
+    assert [d.seq for d in taken] == list(range(1, 1001))
+
+
+async def test_large_messages_are_requested_by_the_byte_budget(nc: Client) -> None:
+    await backlog(nc, 200, 10_000)
+    feed = PartitionFeed(nc, nc.jetstream(), stream="FEEDTEST", filter_subject="feedtest.a",
+                         pull_batch=2000, max_bytes=50_000)  # fmt: skip
+    await feed.start(1)
+    try:
+        first = await feed.next_batch(10_000, wait_s=2.0)
+        # Before it knew their size, the feed asked for a guess's worth (50 kB at 1 kB each).
+        assert 0 < len(first) <= 48
+        assert feed.request_size() == 5  # 50 kB at ~10 kB each
+        taken = first + await take_all(feed, 200 - len(first), limit=2 * 5, batch=2000)
+    finally:
+        await feed.stop()
+    assert [d.seq for d in taken] == list(range(1, 201))
