@@ -176,9 +176,11 @@ async def open_loop(
     return latencies, errors, (total - 1) / sent_in if total > 1 else rate
 
 
-async def settle(metrics_port: int, quiet_s: float = 1.0, limit_s: float = 300) -> float:
+async def settle(
+    metrics_port: int, quiet_s: float = 1.0, limit_s: float = 300
+) -> tuple[float, float]:
     """Wait until the node has applied everything ingested (its applied-events counter has
-    stood still for `quiet_s`); how long that took."""
+    stood still for `quiet_s`); how long that took, and the points applied so far."""
     started = time.perf_counter()
     last, still_since = -1.0, started
     while time.perf_counter() - still_since < quiet_s and time.perf_counter() - started < limit_s:
@@ -188,7 +190,7 @@ async def settle(metrics_port: int, quiet_s: float = 1.0, limit_s: float = 300) 
         if applied != last:
             last, still_since = applied, time.perf_counter()
         await asyncio.sleep(0.1)
-    return time.perf_counter() - started - quiet_s
+    return time.perf_counter() - started - quiet_s, last
 
 
 async def seed_anomalies(client: httpx.AsyncClient, auth: dict[str, str]) -> int:
@@ -252,7 +254,8 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
             try:
                 for name, request in requests.items():
                     # Each kind on its own: the node first finishes what earlier ingest sent.
-                    results[f"node settled before {name} (s)"] = await settle(node_metrics)
+                    waited, applied = await settle(node_metrics)
+                    results[f"node settled before {name}"] = {"s": waited, "points": applied}
                     await client.send(request)  # a warm connection and a warm route
                     latencies, errors, achieved = await open_loop(client, rate, seconds, request)
                     q = statistics.quantiles(latencies, n=100)
@@ -277,7 +280,7 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
     print(f"anomaly queries return pages of {results['anomalies_per_page']} anomalies")
     for key, value in results.items():
         if key.startswith("node settled"):
-            print(f"{key}: {value:.1f}")
+            print(f"{key} in {value['s']:.1f} s, {value['points']:,.0f} points applied")
     print_table(
         "Gateway latency at a fixed request rate (ms)",
         ["request", "req/s", "sent req/s", "requests", "p50", "p95", "p99", "errors"],
