@@ -3,8 +3,10 @@ node, in messages and in bytes, and every message still arrives once, in order."
 
 import asyncio
 
+import pytest
 from nats.aio.client import Client
 
+from driftlock.bus import feed as feed_module
 from driftlock.bus.feed import Delivery, PartitionFeed
 
 
@@ -52,3 +54,23 @@ async def test_large_messages_are_requested_by_the_byte_budget(nc: Client) -> No
     finally:
         await feed.stop()
     assert [d.seq for d in taken] == list(range(1, 201))
+
+
+async def test_a_creation_retried_after_a_timeout_leaves_one_consumer(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tries time out before the server answers, yet the server creates what they
+    asked for: the retries must find that consumer, not add one each."""
+    await backlog(nc, 10, 16)
+    monkeypatch.setattr(feed_module, "CREATE_TIMEOUTS_S", (1e-6, 1e-6, 1e-6, 5.0))
+    feed = PartitionFeed(nc, nc.jetstream(), stream="FEEDTEST", filter_subject="feedtest.a",
+                         pull_batch=50)  # fmt: skip
+    await feed.start(1)
+    try:
+        taken = await take_all(feed, 10, limit=100, batch=50)
+        await asyncio.sleep(0.5)  # every request has reached the server
+        consumers = await nc.jetstream().consumers_info("FEEDTEST")
+    finally:
+        await feed.stop()
+    assert [d.seq for d in taken] == list(range(1, 11))
+    assert len(consumers) == 1
