@@ -58,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.waiter: asyncio.Future[int] | None = None
         self.lost = False
+        self.answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -68,6 +69,7 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(ConnectionError("connection closed"))
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -85,6 +87,7 @@ class _Connection(asyncio.Protocol):
     async def send(self, request: bytes) -> int:
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
+        self.answered = False
         self.transport.write(request)
         return await self.waiter
 
@@ -132,11 +135,18 @@ class LoadClient:
         self.idle.append(conn)
 
     async def send(self, request: bytes) -> int:
-        conn = await self._acquire()
-        try:
-            return await conn.send(request)
-        finally:
-            self._release(conn)
+        for attempt in range(2):
+            conn = await self._acquire()
+            try:
+                return await conn.send(request)
+            except ConnectionError:
+                # The server may close an idle keep-alive connection just as a request goes
+                # out on it; like any HTTP client, send it again once on another connection.
+                if attempt or conn.answered:
+                    raise
+            finally:
+                self._release(conn)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         for conn in self.idle:
@@ -146,21 +156,21 @@ class LoadClient:
 
 async def open_loop(
     client: LoadClient, rate: float, seconds: float, request: bytes
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], collections.Counter[int], float]:
     """Send `request` at a fixed rate regardless of answers: latencies in ms (from each
     request's scheduled time), errors, and the rate actually sent."""
     latencies: list[float] = []
-    errors = 0
+    failed: collections.Counter[int] = collections.Counter()
     clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
 
     async def one(scheduled: float) -> None:
-        nonlocal errors
         try:
             status = await client.send(request)
         except OSError:
             status = 599
         latencies.append(1000 * (clock() - scheduled))
-        errors += status >= 400
+        if status >= 400:
+            failed[status] += 1  # 599: the connection failed
 
     tasks = []
     start = clock()
@@ -173,7 +183,7 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(scheduled)))
     sent_in = clock() - start
     await asyncio.gather(*tasks)
-    return latencies, errors, (total - 1) / sent_in if total > 1 else rate
+    return latencies, failed, (total - 1) / sent_in if total > 1 else rate
 
 
 async def settle(
@@ -257,18 +267,20 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
                     waited, applied = await settle(node_metrics)
                     results[f"node settled before {name}"] = {"s": waited, "points": applied}
                     await client.send(request)  # a warm connection and a warm route
-                    latencies, errors, achieved = await open_loop(client, rate, seconds, request)
+                    latencies, failed, achieved = await open_loop(client, rate, seconds, request)
+                    errors = sum(failed.values())
                     q = statistics.quantiles(latencies, n=100)
                     results[name] = {
                         "p50_ms": q[49],
                         "p95_ms": q[94],
                         "p99_ms": q[98],
                         "errors": errors,
+                        "errors_by_status": {str(k): v for k, v in sorted(failed.items())},
                         "achieved_rate": achieved,
                     }
                     rows.append(
                         [name, rate, achieved, len(latencies), f"{q[49]:.1f}", f"{q[94]:.1f}",
-                         f"{q[98]:.1f}", errors]
+                         f"{q[98]:.1f}", f"{errors} {dict(failed)}" if errors else 0]
                     )  # fmt: skip
             finally:
                 client.close()
