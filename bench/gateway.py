@@ -95,9 +95,8 @@ class _Connection(asyncio.Protocol):
 class LoadClient:
     """A pool of keep-alive connections to one host, opened on demand up to a cap."""
 
-    def __init__(self, base_url: str, max_connections: int = MAX_CONNECTIONS) -> None:
-        url = urlsplit(base_url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+    def __init__(self, base_urls: list[str], max_connections: int = MAX_CONNECTIONS) -> None:
+        self.servers = [(u.hostname or "127.0.0.1", u.port or 80) for u in map(urlsplit, base_urls)]
         self.idle: list[_Connection] = []
         self.opened = 0
         self.max = max_connections
@@ -112,8 +111,9 @@ class LoadClient:
         if self.opened < self.max:
             self.opened += 1
             try:
+                host, port = self.servers[self.opened % len(self.servers)]  # as a balancer
                 _, conn = await asyncio.get_running_loop().create_connection(
-                    _Connection, self.host, self.port
+                    _Connection, host, port
                 )
             except BaseException:
                 self.opened -= 1
@@ -226,15 +226,16 @@ async def seed_anomalies(client: httpx.AsyncClient, auth: dict[str, str]) -> int
     return found
 
 
-async def main(rate: float, seconds: float) -> dict[str, Any]:
-    results: dict[str, Any] = {"rate": rate, "seconds": seconds}
+async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]:
+    results: dict[str, Any] = {"rate": rate, "seconds": seconds, "gateways": gateways}
     with tempfile.TemporaryDirectory() as tmp:
         server = ManagedNatsServer(
             base_dir=Path(tmp) / "nats", subjects=Subjects(), partitions=PARTITIONS
         )
         url = await server.start()
         node, node_metrics = start_node(url, Path(tmp) / "node")
-        gateway, base = start_gateway(url, Path(tmp) / "gw")
+        started = [start_gateway(url, Path(tmp) / f"gw{i}") for i in range(gateways)]
+        base = started[0][1]
         try:
             creds = await create_tenant_once(
                 load_settings(nats_url=url), "bench", "bench@example.com", "unlimited"
@@ -259,7 +260,7 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
                 ),
                 "anomaly query": http_request("GET", "/v1/anomalies?limit=10", auth),
             }
-            client = LoadClient(base)
+            client = LoadClient([b for _, b in started])
             rows = []
             try:
                 for name, request in requests.items():
@@ -285,7 +286,7 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
             finally:
                 client.close()
         finally:
-            for process in (gateway, node):
+            for process in [*(p for p, _ in started), node]:
                 process.terminate()
                 process.wait(30)
             server.stop()
@@ -294,7 +295,7 @@ async def main(rate: float, seconds: float) -> dict[str, Any]:
         if key.startswith("node settled"):
             print(f"{key} in {value['s']:.1f} s, {value['points']:,.0f} points applied")
     print_table(
-        "Gateway latency at a fixed request rate (ms)",
+        f"Gateway latency at a fixed request rate (ms), {gateways} gateway process(es)",
         ["request", "req/s", "sent req/s", "requests", "p50", "p95", "p99", "errors"],
         rows,
     )
@@ -308,10 +309,16 @@ def cli() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--quick", action="store_true", help="100 req/s for 1 s")
+    parser.add_argument(
+        "--gateways", type=int, default=1, help="gateway processes, connections spread over them"
+    )
     args = parser.parse_args()
     rate, seconds = (100.0, 1.0) if args.quick else (args.rate, args.seconds)
-    results = uvloop.run(main(rate, seconds))
-    print("wrote", write_results("gateway-quick" if args.quick else "gateway", results))
+    results = uvloop.run(main(rate, seconds, args.gateways))
+    name = "gateway-quick" if args.quick else "gateway"
+    if args.gateways > 1:
+        name += f"-{args.gateways}gw"
+    print("wrote", write_results(name, results))
 
 
 if __name__ == "__main__":
