@@ -10,6 +10,7 @@ import pytest
 
 from driftlock.detect import DETECTORS, Detections, Detector, DetectorConfig, DetectorState
 from driftlock.detect.calibrate import EPOCH, MIN_HISTORY
+from driftlock.detect.drift import RING
 from driftlock.detect.robust import CUSUM_UNIT, SHORT
 from driftlock.detect.rules import FLAT_MIN
 from driftlock.detect.seasonal import SLOTS_PER_DAY
@@ -426,9 +427,10 @@ def test_state_stays_bounded() -> None:
     assert len(final.values) == len(final.diffs) == (cfg.window + SHORT) * 8
     assert len(final.devs) == cfg.window * 8
     assert len(final.surprise) == len(final.surprise_ts) == cfg.refractory * 8
+    assert len(final.drift_ring) == RING * 4
     # 9.2 kB of it the daily table, 1.7 kB the weekly one, 0.8 kB each the refractory
-    # period's surprises and their times.
-    assert len(msgspec.msgpack.encode(final)) < 25_500
+    # period's surprises and their times, 0.8 kB the level drift's ring.
+    assert len(msgspec.msgpack.encode(final)) < 26_000
 
 
 def test_a_state_from_before_the_ensemble_still_decodes_and_runs() -> None:
@@ -472,6 +474,7 @@ def test_detector_names() -> None:
         "change_point",
         "volatility",
         "learned_shape",
+        "level_drift",
     )
 
 

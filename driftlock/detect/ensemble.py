@@ -2,8 +2,10 @@
 own history on the stream, voting into one anomaly score in [0, 1].
 
 1. Raw scores: `robust_level`, `change_point` (a CUSUM), `volatility` (robust statistics on
-   the value window) and `seasonal_profile` (the same time of day on previous days). What the
-   seasonal profile explains does not feed the CUSUM.
+   the value window), `seasonal_profile` (the same time of day on previous days),
+   `learned_shape` (which only corroborates the others) and `level_drift` (how far the
+   hourly level moved in four hours, against how far it usually does). What the seasonal
+   profile explains does not feed the CUSUM.
 2. Calibration: each detector's surprise is log10(raw / ref), 0 below ref, ref being the
    configured quantile of its own raw scores on this stream (never below a floor that iid
    noise hardly reaches). The combined surprise is their mean, so a point that several
@@ -31,13 +33,14 @@ import numpy.typing as npt
 
 from driftlock.detect.calibrate import Calibrator
 from driftlock.detect.config import DetectorConfig
+from driftlock.detect.drift import HISTORY, drift_scores
 from driftlock.detect.jit import jit
 from driftlock.detect.learned import learned_scores
-from driftlock.detect.robust import RobustScores, robust_scores
+from driftlock.detect.robust import SHORT, RobustScores, robust_scores
 from driftlock.detect.rolling import FloatArray, extend
 from driftlock.detect.rules import RuleFlags, check_rules
 from driftlock.detect.seasonal import seasonal_scores
-from driftlock.detect.state import DetectorState, floats
+from driftlock.detect.state import DetectorState, floats, tail
 from driftlock.detect.tuning import (
     DEFAULT_SENSITIVITY,
     DEFAULT_TUNING,
@@ -51,14 +54,23 @@ IntArray = npt.NDArray[np.intp]
 TuningSource = Callable[[str, str], StreamTuning]
 """(tenant, metric) → the stream's tuning: an in-memory lookup, never I/O."""
 
-LEVEL, SEASONAL, CHANGE, VOLATILITY, SHAPE = range(5)
-DETECTORS = ("robust_level", "seasonal_profile", "change_point", "volatility", "learned_shape")
-FLOORS = np.array([4.5, 1.0, 6.0, 1.8, 3.0])
+LEVEL, SEASONAL, CHANGE, VOLATILITY, SHAPE, DRIFT = range(6)
+DETECTORS = (
+    "robust_level",
+    "seasonal_profile",
+    "change_point",
+    "volatility",
+    "learned_shape",
+    "level_drift",
+)
+FLOORS = np.array([4.5, 1.0, 6.0, 1.8, 3.0, 4.7])
 """Raw scores a detector never finds surprising, however quiet the stream: about what iid noise
 reaches once in 100,000 points (robust sigmas; envelope widths outside; robust sigmas of
-CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change)."""
-PRIORS = np.array([6.0, 5.0, 8.0, 2.1, 4.0])
-"""References until a detector has MIN_HISTORY raw scores on the stream."""
+CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change; robust sigmas of the
+ring of drifts)."""
+PRIORS = np.array([6.0, 5.0, 8.0, 2.1, 4.0, 10.0])
+"""References until a detector has MIN_HISTORY raw scores on the stream (the level drift's is
+high: its ring is young for its first few hundred points)."""
 RULE_SURPRISE = 1.0
 SCORE_HALF = 0.0005
 """The excess surprise that scores 0.5 (in log10 units, averaged over the detectors)."""
@@ -134,13 +146,17 @@ class Detector:
         history = extend(floats(state.values), values)
         robust, robust_fields = robust_scores(state, history, n, cfg.window, counted)
         shape, centroids = learned_scores(state, history, n, robust.scale)
+        drift, drift_fields = drift_scores(state, history, n)
+        # The level drift may read further back than the rolling window.
+        robust_fields["values"] = tail(history, max(cfg.window + SHORT, HISTORY))
         raw = np.empty((len(DETECTORS), n))
-        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY], raw[SHAPE] = (
+        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY], raw[SHAPE], raw[DRIFT] = (
             robust.level,
             seasonal,
             robust.shift,
             robust.volatility,
             shape,
+            drift,
         )
         surprise, refs, hist, last_refs = self._calibrator.surprise(
             state, raw, scored, reference_shift(sensitivity)
@@ -185,6 +201,7 @@ class Detector:
             **robust_fields,
             **rule_fields,
             **season_fields,
+            **drift_fields,
         )
         return new_state, Detections(score, lower, upper, anomalies, kinds, agreed)
 
@@ -220,7 +237,7 @@ def _combine(
     for j in range(n):
         # The learned model corroborates: alone, its 256-point memory is shorter than a day,
         # and a daily shape it has not seen would be an alert every day.
-        if not (surprise[:SHAPE, j] != 0.0).any():
+        if not ((surprise[:SHAPE, j] != 0.0).any() or (surprise[SHAPE + 1 :, j] != 0.0).any()):
             surprise[SHAPE, j] = 0.0
         fired = missing[j] or flat[j]
         total = 0.0
@@ -297,8 +314,9 @@ def _kind(
     if top == VOLATILITY:
         return AnomalyKind.VARIANCE_CHANGE
     sustained = robust.built[j] >= SUSTAINED
-    if top == CHANGE:
-        # The CUSUM leads: a shift that no single point made unusual is a trend change.
+    if top in (CHANGE, DRIFT):
+        # The CUSUM or the level drift leads: a shift that no single point made unusual is a
+        # trend change.
         return AnomalyKind.LEVEL_SHIFT if robust.level[j] >= SUSTAINED else AnomalyKind.TREND_CHANGE
     if sustained:
         return AnomalyKind.LEVEL_SHIFT

@@ -70,6 +70,8 @@ class DetectorState(msgspec.Struct, kw_only=True):
     centroids: bytes = b""
     """The learned shape model: k-means centroids of short difference vectors, then its
     distance unit (empty until trained)."""
+    drift_ring: bytes = b""
+    """float32: the level-drift detector's last `RING` recorded drifts (oldest first)."""
 
 
 def floats(data: bytes) -> FloatArray:
