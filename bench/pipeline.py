@@ -239,7 +239,7 @@ def start_node(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, int(record["metrics_port"])
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
     scale = 0.02 if quick else 1.0
     scenarios = [
         Scenario("1-point messages", int(100_000 * scale), 1, 1000),
@@ -248,6 +248,7 @@ async def main(quick: bool) -> dict[str, Any]:
         Scenario("1-point messages", int(100_000 * scale), 1, 100_000),
         Scenario("100-point columnar", int(100_000 * scale), 100, 100_000, columnar=True),
     ]
+    scenarios = [s for s in scenarios if s.streams in streams]
     results: dict[str, Any] = {"quick": quick, "scenarios": []}
     rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -333,6 +334,14 @@ def cli() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the bench runs")
     parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        choices=(1000, 100_000),
+        default=[1000, 100_000],
+        help="run only the scenarios over these numbers of streams (default: both)",
+    )
+    parser.add_argument(
         "--raw-consumer", nargs=3, metavar=("URL", "EVENTS", "FIRST_SEQ"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -340,7 +349,7 @@ def cli() -> None:
         url, events, first_seq = args.raw_consumer
         uvloop.run(consume_raw(url, int(events), int(first_seq)))
         return
-    results = uvloop.run(main(args.quick))
+    results = uvloop.run(main(args.quick, set(args.streams)))
     print("wrote", write_results("pipeline-quick" if args.quick else "pipeline", results))
 
 
