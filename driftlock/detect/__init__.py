@@ -1,4 +1,5 @@
-"""Online anomaly detectors: pure numpy/bottleneck, no I/O, deterministic, batch-invariant.
+"""Online anomaly detectors: numpy and compiled per-point loops, no I/O, deterministic,
+batch-invariant.
 
 The same objects run in the actors and in offline evaluation (`bench/`), so what is measured
 is what ships. A detector's output for a point depends only on the points before it, never on

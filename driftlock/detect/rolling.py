@@ -216,24 +216,5 @@ def max_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> Floa
     return out
 
 
-def rolling_median(a: FloatArray, window: int) -> FloatArray:
-    """Median of the `window` entries ending at each entry (fewer at the start; NaN ignored)."""
-    return median_before(np.ascontiguousarray(a, dtype=np.float64), 0, len(a), window, 0)
-
-
-def rolling_max(a: FloatArray, window: int) -> FloatArray:
-    return max_before(np.ascontiguousarray(a, dtype=np.float64), 0, len(a), window, 0)
-
-
-def before_each_point(rolling: FloatArray, n: int, lag: int = 1) -> FloatArray:
-    """For each of the last n entries of a rolling statistic, its value `lag` entries earlier
-    (the window that ends `lag` points before the point); NaN where there is none."""
-    start = len(rolling) - n - lag
-    if start >= 0:
-        return rolling[start : start + n]
-    missing = min(-start, n)
-    return np.concatenate((np.full(missing, np.nan), rolling[: n - missing]))
-
-
 def extend(history: FloatArray, new: FloatArray) -> FloatArray:
     return np.concatenate((history, new)) if len(history) else new
