@@ -15,17 +15,16 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.daytable import F32Array, load_table, record
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
-from driftlock.detect.state import DetectorState, ints
+from driftlock.detect.state import DetectorState
 
 SLOT_SECONDS = 300
 SLOTS_PER_DAY = 86_400 // SLOT_SECONDS
 MAX_REACH = 12
 """Neighbouring slots an envelope may take in on each side (one hour), for sparse streams."""
 _TINY = 1e-9
-
-F32Array = npt.NDArray[np.float32]
 
 
 class SeasonalScores(NamedTuple):
@@ -38,17 +37,12 @@ class SeasonalScores(NamedTuple):
     """The day's median envelope width: the unit of the score."""
 
 
-class _Table(NamedTuple):
-    day: npt.NDArray[np.int64]
-    lo: F32Array
-    hi: F32Array
-
-
 def seasonal_scores(
     state: DetectorState, ts: FloatArray, values: FloatArray, interval: FloatArray, days: int
 ) -> tuple[SeasonalScores, dict[str, object]]:
     """`interval` is the stream's usual seconds between points, before each point."""
-    table = _load(state, days)
+    rows = days + 1
+    table = load_table(state.season_day, state.season_lo, state.season_hi, rows, SLOTS_PER_DAY)
     today, reach, width = state.season_today, state.season_reach, state.season_width
     if len(state.envelope) == 8 * SLOTS_PER_DAY:
         envelope = np.frombuffer(state.envelope, dtype=np.float32).reshape(2, SLOTS_PER_DAY)
@@ -102,29 +96,8 @@ def _scores(
         lower[j], upper[j], scale[j] = envelope[0, slot], envelope[1, slot], width
         outside = np.maximum(x - upper[j], lower[j] - x)  # NaN stays NaN: no say
         score[j] = np.maximum(outside, 0.0) / np.maximum(width, _TINY * max(1.0, abs(x)))
-        row = today % len(table_day)
-        if table_day[row] != today:
-            table_day[row] = today
-            table_lo[row] = np.inf
-            table_hi[row] = -np.inf
-        table_lo[row, slot] = min(table_lo[row, slot], np.float32(x))
-        table_hi[row, slot] = max(table_hi[row, slot], np.float32(x))
+        record(table_day, table_lo, table_hi, today, slot, x)
     return score, lower, upper, scale, envelope, today, reach, width
-
-
-def _load(state: DetectorState, days: int) -> _Table:
-    rows = days + 1
-    if len(state.season_day) == 8 * rows:
-        return _Table(
-            ints(state.season_day).copy(),
-            np.frombuffer(state.season_lo, dtype=np.float32).reshape(rows, -1).copy(),
-            np.frombuffer(state.season_hi, dtype=np.float32).reshape(rows, -1).copy(),
-        )
-    return _Table(
-        np.full(rows, -1, dtype=np.int64),
-        np.full((rows, SLOTS_PER_DAY), np.inf, dtype=np.float32),
-        np.full((rows, SLOTS_PER_DAY), -np.inf, dtype=np.float32),
-    )
 
 
 @jit

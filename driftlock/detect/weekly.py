@@ -9,14 +9,13 @@ Like the daily profile it is updated one day at a time, in time order, and a day
 earlier days, so the result does not depend on how the batch was cut.
 """
 
-from typing import NamedTuple
-
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.daytable import F32Array, load_table, record
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
-from driftlock.detect.state import DetectorState, ints
+from driftlock.detect.state import DetectorState
 
 HOUR = 3600
 HOURS = 24
@@ -24,21 +23,13 @@ ROWS = 8
 """Days in the table: today and the seven before it."""
 _TINY = 1e-9
 
-F32Array = npt.NDArray[np.float32]
-
-
-class _Table(NamedTuple):
-    day: npt.NDArray[np.int64]
-    lo: F32Array
-    hi: F32Array
-
 
 def weekly_scores(
     state: DetectorState, ts: FloatArray, values: FloatArray, scale: FloatArray
 ) -> tuple[FloatArray, dict[str, object]]:
     """Raw scores (how far outside last week's envelope, in units of `scale`, the daily
     profile's width; NaN where last week holds nothing) and the fields to store."""
-    table = _load(state)
+    table = load_table(state.week_day, state.week_lo, state.week_hi, ROWS, HOURS)
     today = state.week_today
     if len(state.week_envelope) == 8 * HOURS:
         envelope = np.frombuffer(state.week_envelope, dtype=np.float32).reshape(2, HOURS)
@@ -82,28 +73,8 @@ def _scores(
         outside = np.maximum(x - np.float64(envelope[1, hour]), envelope[0, hour] - x)
         unit = np.maximum(scale[j], _TINY * max(1.0, abs(x)))
         score[j] = np.maximum(outside, 0.0) / unit  # NaN stays NaN: no say
-        row = today % ROWS
-        if table_day[row] != today:
-            table_day[row] = today
-            table_lo[row] = np.inf
-            table_hi[row] = -np.inf
-        table_lo[row, hour] = min(table_lo[row, hour], np.float32(x))
-        table_hi[row, hour] = max(table_hi[row, hour], np.float32(x))
+        record(table_day, table_lo, table_hi, today, hour, x)
     return score, envelope, today
-
-
-def _load(state: DetectorState) -> _Table:
-    if len(state.week_day) == 8 * ROWS:
-        return _Table(
-            ints(state.week_day).copy(),
-            np.frombuffer(state.week_lo, dtype=np.float32).reshape(ROWS, HOURS).copy(),
-            np.frombuffer(state.week_hi, dtype=np.float32).reshape(ROWS, HOURS).copy(),
-        )
-    return _Table(
-        np.full(ROWS, -1, dtype=np.int64),
-        np.full((ROWS, HOURS), np.inf, dtype=np.float32),
-        np.full((ROWS, HOURS), -np.inf, dtype=np.float32),
-    )
 
 
 @jit
