@@ -4,6 +4,7 @@ where everything is."""
 
 import asyncio
 import errno
+import logging
 import socket
 
 from driftlock.actors.node import Node
@@ -15,6 +16,10 @@ from driftlock.errors import ConfigError
 from driftlock.gateway.bootstrap import Credentials, create_tenant
 from driftlock.gateway.server import GatewayServer
 from driftlock.settings import Settings
+
+log = logging.getLogger("driftlock.up")
+
+SETTLE_TIMEOUT_S = 60.0
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -75,6 +80,10 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> None:
         try:
             gateway_url = await gateway.start()
             credentials = await _first_tenant(gateway)
+            # The banner means "ready": on a fresh cluster the partition leases can take a
+            # few seconds to be acquired, and `driftlock status` should not show them unowned.
+            if not await node.wait_settled(SETTLE_TIMEOUT_S):
+                log.warning("node has not taken all its partitions yet; starting anyway")
             print(banner(url, subjects, node.metrics_port, settings), flush=True)
             print(gateway_banner(gateway_url, credentials), flush=True)
             await stop.wait()

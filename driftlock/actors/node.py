@@ -3,6 +3,7 @@ partition workers, the subject guard and the Prometheus endpoint."""
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -142,6 +143,15 @@ class Node:
                 "metrics_port": self.metrics_port,
             },
         )
+
+    async def wait_settled(self, timeout_s: float) -> bool:
+        """Wait until this node runs all the partitions assigned to it (False on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while self._coordinator is None or not self._coordinator.settled():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def _join_cluster(self, js: JetStreamContext, subjects: Subjects) -> Coordinator:
         s = self.settings

@@ -86,6 +86,13 @@ class Coordinator:
         """Whether a worker may still publish and commit for this partition."""
         return self._leases.valid(partition)
 
+    def settled(self) -> bool:
+        """Whether this node runs every partition the live members assign to it, and no
+        move is under way: the moment a node is ready for the data it is meant to take."""
+        owners = assignment(self._membership.live(), self._config.partitions)
+        mine = {p for p, owner in enumerate(owners) if owner == self._config.node_id}
+        return bool(mine) and not self._moving and mine <= self._supervisor.owned()
+
     async def start(self) -> None:
         await self._membership.start()
         await self._leases.cache.start()
