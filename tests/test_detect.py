@@ -11,6 +11,7 @@ import pytest
 from driftlock.detect import DETECTORS, Detections, Detector, DetectorConfig, DetectorState
 from driftlock.detect.calibrate import EPOCH, MIN_HISTORY
 from driftlock.detect.drift import RING
+from driftlock.detect.ensemble import DRIFT, LEVEL, SEASONAL, _combine
 from driftlock.detect.robust import CUSUM_UNIT, SHORT
 from driftlock.detect.rules import FLAT_MIN
 from driftlock.detect.seasonal import SLOTS_PER_DAY
@@ -276,6 +277,23 @@ def test_the_refractory_period_lasts_at_most_a_day() -> None:
     assert run(x).anomalies == [600]
 
 
+def test_the_level_drift_holds_back_only_its_own() -> None:
+    """Its long run of small surprises at a slow shift (one alert, at its start) does not mute a
+    spike the point-scale detectors see; its own surprise just after that spike stays held
+    back by the spike's."""
+    n = 200
+    surprise = np.zeros((len(DETECTORS), n))
+    surprise[DRIFT, 10:60] = 0.3
+    surprise[[LEVEL, SEASONAL], 100] = 0.6
+    surprise[DRIFT, 130] = 0.3
+    none, nan = np.zeros(n, dtype=np.bool_), np.full(n, np.nan)
+    empty = np.empty(0)
+    score = _combine(
+        surprise, none, none, ~none, empty, empty, empty, nan, 100, DAY, nan, nan, nan
+    )[0]
+    assert np.flatnonzero(score >= 0.5).tolist() == [10, 100]
+
+
 def test_a_level_shift_alerts_once() -> None:
     x = noise(8, 1200)
     x[800:] += 20.0
@@ -427,10 +445,12 @@ def test_state_stays_bounded() -> None:
     assert len(final.values) == len(final.diffs) == (cfg.window + SHORT) * 8
     assert len(final.devs) == cfg.window * 8
     assert len(final.surprise) == len(final.surprise_ts) == cfg.refractory * 8
+    assert len(final.surprise_fast) == cfg.refractory * 8
     assert len(final.drift_ring) == RING * 4
     # 9.2 kB of it the daily table, 1.7 kB the weekly one, 0.8 kB each the refractory
-    # period's surprises and their times, 0.8 kB the level drift's ring.
-    assert len(msgspec.msgpack.encode(final)) < 26_000
+    # period's surprises (with and without the level drift's part) and their times, 0.8 kB
+    # the level drift's ring.
+    assert len(msgspec.msgpack.encode(final)) < 27_000
 
 
 def test_a_state_from_before_the_ensemble_still_decodes_and_runs() -> None:
@@ -455,6 +475,17 @@ def test_a_state_without_surprise_times_still_runs() -> None:
     old = msgspec.structs.replace(first.state, surprise_ts=b"")
     assert run(x[640:], ts=ts[640:], state=old).anomalies == []
     assert run(x[640:], ts=ts[640:], state=first.state).anomalies == [10]
+
+
+def test_a_state_without_the_fast_surprises_still_runs() -> None:
+    """A state from before the level drift's part was kept apart: its combined surprises hold
+    back every point, as they did then."""
+    x, ts = eventful_series(18)
+    first = run(x[:3000], ts=ts[:3000])
+    old = msgspec.structs.replace(first.state, surprise_fast=b"")
+    found = run(x[3000:], ts=ts[3000:], state=old)
+    assert len(found.state.surprise_fast) == len(found.state.surprise)
+    assert found.anomalies == run(x[3000:], ts=ts[3000:], state=first.state).anomalies
 
 
 def test_cusum_is_stored_in_integer_fixed_point() -> None:

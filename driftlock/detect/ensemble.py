@@ -13,8 +13,12 @@ own history on the stream, voting into one anomaly score in [0, 1].
 3. Refractory period: a point counts by how far its combined surprise exceeds ESCALATION
    times the largest one in the `refractory` points before it that are less than
    `refractory_seconds` older: an event is reported when it starts, not once per point while
-   it lasts (and on a sparse stream, a surprise days ago does not mute today's). The
-   `missing_data` and `flatline` checks, which fire on records only, are never held back.
+   it lasts (and on a sparse stream, a surprise days ago does not mute today's). The slow
+   `level_drift` holds back only the points it is surprised at itself: its long runs of
+   small surprises (the level moved over hours) must not mute a spike that the point-scale
+   detectors see, while its own surprise at a shift they reported when it started stays
+   held back by theirs. The `missing_data` and `flatline` checks, which fire on records
+   only, are never held back.
 4. score = e / (e + SCORE_HALF), e being that excess; an anomaly when score ≥ threshold (the
    default 0.5: just beyond the stream's 99.9th percentile on one detector, after a quiet
    refractory period).
@@ -63,11 +67,13 @@ DETECTORS = (
     "learned_shape",
     "level_drift",
 )
-FLOORS = np.array([4.5, 1.0, 6.0, 1.8, 3.0, 4.7])
+FLOORS = np.array([4.5, 1.0, 6.0, 1.8, 3.0, 4.4])
 """Raw scores a detector never finds surprising, however quiet the stream: about what iid noise
 reaches once in 100,000 points (robust sigmas; envelope widths outside; robust sigmas of
-CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change; robust sigmas of the
-ring of drifts)."""
+CUSUM; |log| of the volatility ratio, 1.8 being a sixfold change). The level drift's
+(robust sigmas of the ring of drifts) is lower: iid noise starts a run beyond 4.4 about
+once in 30,000 points, but a slow shift rarely gets much further, and its surprises hold
+back no other detector's."""
 PRIORS = np.array([6.0, 5.0, 8.0, 2.1, 4.0, 10.0])
 """References until a detector has MIN_HISTORY raw scores on the stream (the level drift's is
 high: its ring is young for its first few hundred points)."""
@@ -162,12 +168,13 @@ class Detector:
             state, raw, scored, reference_shift(sensitivity)
         )
         old_surprise = floats(state.surprise)
-        score, lower, upper, recent, recent_ts = _combine(
+        score, lower, upper, recent, recent_fast, recent_ts = _combine(
             surprise,
             rules.missing,
             rules.flat,
             scored,
             old_surprise,
+            _fast_surprise(state.surprise_fast, old_surprise),
             _surprise_times(state.surprise_ts, len(old_surprise)),
             _nans(n) if ts is None else ts,
             cfg.refractory,
@@ -196,6 +203,7 @@ class Detector:
             hist=hist,
             refs=last_refs,
             surprise=recent.tobytes(),
+            surprise_fast=recent_fast.tobytes(),
             surprise_ts=recent_ts.tobytes(),
             centroids=centroids,
             **robust_fields,
@@ -213,6 +221,7 @@ def _combine(
     flat: npt.NDArray[np.bool_],
     scored: npt.NDArray[np.bool_],
     old_surprise: FloatArray,
+    old_fast: FloatArray,
     old_ts: FloatArray,
     ts: FloatArray,
     refractory: int,
@@ -220,15 +229,16 @@ def _combine(
     median: FloatArray,
     scale: FloatArray,
     level_ref: FloatArray,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """The detectors' surprises [detector, point] → score, the expected band (the level
-    detector's reference around the rolling median) and the combined surprise of the last
-    `refractory` points and their times (NaN: unknown) to store. Sets the learned model's
-    surprise to 0 where no other detector is surprised (in place)."""
+    detector's reference around the rolling median) and, to store, the combined surprise of
+    the last `refractory` points, the same without the level drift's part, and their times
+    (NaN: unknown). Sets the learned model's surprise to 0 where no other detector is
+    surprised (in place)."""
     n = surprise.shape[1]
     h = len(old_surprise)
-    series = np.empty(h + n)
-    series[:h] = old_surprise
+    series, fast = np.empty(h + n), np.empty(h + n)
+    series[:h], fast[:h] = old_surprise, old_fast
     combined = series[h:]
     times = np.empty(h + n)
     times[:h] = old_ts
@@ -243,14 +253,18 @@ def _combine(
         total = 0.0
         for i in range(len(DETECTORS)):
             total += surprise[i, j]
-        combined[j] = total / len(DETECTORS) + RULE_SURPRISE * fired if scored[j] else 0.0
+        rule = RULE_SURPRISE * fired
+        combined[j] = total / len(DETECTORS) + rule if scored[j] else 0.0
+        fast[h + j] = (total - surprise[DRIFT, j]) / len(DETECTORS) + rule if scored[j] else 0.0
     for j in range(n):
         # The largest combined surprise in the refractory period: at most `refractory`
         # points back, and only as far as `refractory_seconds` (an unknown time: no limit).
+        # The level drift's part holds back only a point the level drift is surprised at.
+        held = series if surprise[DRIFT, j] > 0.0 else fast
         p, recent = h + j, 0.0
         i = p - 1
         while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
-            recent = max(recent, series[i])
+            recent = max(recent, held[i])
             i -= 1
         excess = max(0.0, combined[j] - ESCALATION * recent)
         if missing[j] or flat[j]:
@@ -259,7 +273,21 @@ def _combine(
         score[j] = excess / (excess + SCORE_HALF)
         half_band = level_ref[j] * scale[j]
         lower[j], upper[j] = median[j] - half_band, median[j] + half_band
-    return score, lower, upper, series[-refractory:].copy(), times[-refractory:].copy()
+    return (
+        score,
+        lower,
+        upper,
+        series[-refractory:].copy(),
+        fast[-refractory:].copy(),
+        times[-refractory:].copy(),
+    )
+
+
+def _fast_surprise(data: bytes, surprise: FloatArray) -> FloatArray:
+    """The stored surprises without the level drift's part; a state from before they were
+    kept has only the combined ones, which hold back as they did then."""
+    fast = floats(data)
+    return fast if len(fast) == len(surprise) else surprise
 
 
 def _surprise_times(data: bytes, count: int) -> FloatArray:

@@ -59,6 +59,9 @@ class DetectorState(msgspec.Struct, kw_only=True):
     surprise_ts: bytes = b""
     """Their timestamps (NaN: none given); shorter in a state from before it, which means
     unknown for the oldest."""
+    surprise_fast: bytes = b""
+    """The same points' combined surprise without the level drift's part (empty in a state
+    from before it: the combined surprise stands in)."""
     week_day: bytes = b""
     """Day number held by each row of the weekly table (-1: empty)."""
     week_today: int = -1
