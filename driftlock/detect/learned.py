@@ -11,6 +11,8 @@ ranks of their norm), so a point is always scored by the same model however the 
 batched. Until MIN_TRAIN vectors exist (the warm-up) it has no say (NaN).
 """
 
+import math
+
 import numpy as np
 
 from driftlock.detect.jit import jit
@@ -30,7 +32,6 @@ SCALE_FLOOR = 0.1
 """The distance unit is never below this fraction of the robust scale of the values: a stream
 whose steps were all alike does not make its first different step a thousand-unit event."""
 _TINY = 1e-12
-_CLUSTER_IDS = np.arange(CLUSTERS)[None, :]
 
 
 def learned_scores(
@@ -64,9 +65,10 @@ def learned_scores(
 def _vectors(series: FloatArray) -> FloatArray:
     """Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy)."""
     steps = np.diff(series)
-    return np.lib.stride_tricks.as_strided(
-        steps, shape=(len(steps) - DIMS + 1, DIMS), strides=(steps.strides[0],) * 2, writeable=False
-    )
+    # What as_strided makes, without its cost (a third of a retraining's Python overhead).
+    rows = np.ndarray((len(steps) - DIMS + 1, DIMS), np.float64, steps, 0, (steps.itemsize,) * 2)
+    rows.flags.writeable = False
+    return rows
 
 
 @jit
@@ -100,9 +102,52 @@ def _squared(centroids: FloatArray, x: FloatArray) -> FloatArray:
     return np.maximum(d, 0.0, out=d)
 
 
-def _nearest(centroids: FloatArray, x: FloatArray) -> FloatArray:
-    result: FloatArray = np.sqrt(_squared(centroids, x).min(axis=1))
-    return result
+@jit
+def _assign(centroids: FloatArray, x: FloatArray, d: FloatArray) -> None:
+    """One Lloyd step given the squared distances d [vector, centroid], in place: each vector
+    goes to its nearest centroid (the first of equals; NaN wins, as argmin), and a centroid
+    that has vectors moves to their mean. The sums run over every vector in order, adding
+    0 × the others (as the membership matrix product did: NaN and inf count alike)."""
+    rows = x.shape[0]
+    nearest = np.empty(rows, np.int64)
+    for r in range(rows):
+        best, k = d[r, 0], 0
+        if not math.isnan(best):
+            for c in range(1, CLUSTERS):
+                if math.isnan(d[r, c]):
+                    k = c
+                    break
+                if d[r, c] < best:
+                    best, k = d[r, c], c
+        nearest[r] = k
+    for c in range(CLUSTERS):
+        count = 0.0
+        for r in range(rows):
+            count += nearest[r] == c
+        if count > 0:
+            for i in range(DIMS):
+                total = 0.0
+                for r in range(rows):
+                    total += (1.0 if nearest[r] == c else 0.0) * x[r, i]
+                centroids[c, i] = total / count
+
+
+@jit
+def _median_distance(d: FloatArray) -> float:
+    """np.median of the distances to the nearest centroid (NaN if any is)."""
+    rows = d.shape[0]
+    nearest = np.empty(rows)
+    for r in range(rows):
+        best = d[r, 0]
+        for c in range(1, CLUSTERS):
+            if math.isnan(d[r, c]) or d[r, c] < best:
+                best = d[r, c]
+            if math.isnan(best):
+                break
+        if math.isnan(best):
+            return np.nan
+        nearest[r] = np.sqrt(best)
+    return float(np.median(nearest))
 
 
 def _train(x: FloatArray, model: FloatArray) -> FloatArray:
@@ -117,10 +162,6 @@ def _train(x: FloatArray, model: FloatArray) -> FloatArray:
         picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
         centroids, iterations = x[picks].copy(), ITERATIONS
     for _ in range(iterations):
-        d = _squared(centroids, x)
-        member = (d.argmin(axis=1)[:, None] == _CLUSTER_IDS).astype(np.float64)
-        counts = member.sum(axis=0)
-        kept = counts > 0
-        centroids[kept] = (member.T @ x)[kept] / counts[kept, None]
-    unit = float(np.median(_nearest(centroids, x)))
+        _assign(centroids, x, _squared(centroids, x))
+    unit = _median_distance(_squared(centroids, x))
     return np.append(centroids.ravel(), max(unit, _TINY))
