@@ -29,6 +29,7 @@ from driftlock.cluster.leases import Leases
 from driftlock.cluster.membership import Membership
 from driftlock.cluster.snapshots import Snapshots
 from driftlock.detect import Detector
+from driftlock.gcfreeze import freeze_long_lived
 from driftlock.settings import Settings
 from driftlock.state.store import StateStore
 
@@ -134,6 +135,7 @@ class Node:
             nc, subjects, store, detector, s.partitions, self._supervisor.owned
         )
         await self._queries.start()
+        freeze_long_lived()
         log.info(
             "node started",
             extra={

@@ -2,7 +2,6 @@
 middleware that limits body size, times requests and opens a trace span for each."""
 
 import contextlib
-import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +48,7 @@ from driftlock.gateway.ratelimit import DEFAULT_PLANS, RateLimiter
 from driftlock.gateway.router import RememberingRouter
 from driftlock.gateway.routing import Endpoint
 from driftlock.gateway.service import Gateway
+from driftlock.gcfreeze import freeze_long_lived
 from driftlock.settings import Settings
 
 ENDPOINTS: list[Endpoint] = [
@@ -144,11 +144,7 @@ class GatewayApp:
             await anomalies.restart()
 
         nc._reconnected_cb = _chain(nc._reconnected_cb, on_reconnect)  # nats-py has one slot
-        # Everything loaded so far lives as long as the process: out of the collector's sight,
-        # a full collection under load took over 100 ms (every request waited for it) instead
-        # of a few.
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
         try:
             yield
         finally:
