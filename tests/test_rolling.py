@@ -5,7 +5,7 @@ import bottleneck as bn
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.rolling import max_before, median_before
+from driftlock.detect.rolling import max_before, median_before, sorted_mad, sorted_median, swap_in
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -35,3 +35,21 @@ def test_sliding_median_and_max_equal_bottlenecks_on_random_windows() -> None:
         assert np.array_equal(
             max_before(a, first, n, window, lag), reference(maxima, first, n, lag), equal_nan=True
         )
+
+
+def test_ordered_window_median_and_mad_equal_numpys() -> None:
+    """The level drift's ring, held in order as drifts come and go: its median and MAD are
+    np.median's, bit for bit."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        size = int(rng.integers(1, 200))
+        ring = rng.normal(size=size).round(int(rng.integers(0, 4)))  # ties when rounded
+        held = np.sort(ring)
+        for _ in range(20):
+            new = round(float(rng.normal()), 2)
+            swap_in(held, size, float(ring[0]), new)
+            ring = np.append(ring[1:], new)
+            assert np.array_equal(held, np.sort(ring))
+            center = float(np.median(ring))
+            assert sorted_median(held, size) == center
+            assert sorted_mad(held, size, center) == np.median(np.abs(ring - center))

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from driftlock.detect.jit import jit
-from driftlock.detect.rolling import FloatArray, median_before
+from driftlock.detect.rolling import FloatArray, median_before, sorted_mad, sorted_median, swap_in
 from driftlock.detect.state import DetectorState
 
 SPAN = 12
@@ -46,10 +46,14 @@ def drift_scores(
 
 
 @jit
-def _spread(ring: FloatArray) -> tuple[float, float]:
-    """The ring's median and robust standard deviation."""
-    center = np.median(ring)
-    return center, MAD_TO_SIGMA * np.median(np.abs(ring - center))
+def _spread(ring: FloatArray, held: FloatArray) -> tuple[float, float]:
+    """The ring's median and robust standard deviation; `held` is the ring in order."""
+    m = len(ring)
+    if not (math.isfinite(held[0]) and math.isfinite(held[m - 1])):
+        center = float(np.median(ring))
+        return center, MAD_TO_SIGMA * np.median(np.abs(ring - center))
+    center = sorted_median(held, m)
+    return center, MAD_TO_SIGMA * sorted_mad(held, m, center)
 
 
 @jit
@@ -58,7 +62,9 @@ def _drift_kernel(
 ) -> tuple[FloatArray, FloatArray]:
     h = len(series) - n
     ring = old_ring[-RING:].copy()
-    center, spread = _spread(ring) if len(ring) >= MIN_RING else (0.0, 0.0)
+    held = np.empty(RING)  # the ring in order, kept so as each drift is recorded
+    held[: len(ring)] = np.sort(ring)
+    center, spread = _spread(ring, held) if len(ring) >= MIN_RING else (0.0, 0.0)
     raw = np.empty(n)
     raw.fill(np.nan)
     # The level of every point of the batch and of the LAG points before it (NaN before the
@@ -75,7 +81,9 @@ def _drift_kernel(
             raw[j] = abs(drift - center) / max(spread, _TINY * max(1.0, abs(level)))
         if (count + j + 1) % SPAN == 0:
             # Recorded as stored (float32): a batch reads the ring a restart would.
-            ring = np.append(ring, np.float64(np.float32(drift)))[-RING:]
+            recorded = np.float64(np.float32(drift))
+            swap_in(held, len(ring), ring[0] if len(ring) == RING else np.nan, recorded)
+            ring = np.append(ring, recorded)[-RING:]
             if len(ring) >= MIN_RING:
-                center, spread = _spread(ring)
+                center, spread = _spread(ring, held)
     return raw, ring

@@ -46,17 +46,120 @@ def _sift(heap: IntArray, size: int, vals: FloatArray, pos: IntArray, k: int, si
     pos[node] = k
 
 
+SORTED_WINDOW = 64
+"""Windows up to this long slide as one array in order, longer ones as two heaps (faster
+there: a step in a long ordered window shifts too many entries)."""
+
+
+@jit
+def place(held: FloatArray, m: int, x: float) -> int:
+    """Where x goes in held[:m] (ascending): the first entry not below it."""
+    lo, hi = 0, m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if held[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@jit
+def swap_in(held: FloatArray, m: int, out: float, x: float) -> int:
+    """Take one entry equal to `out` out of held[:m] (ascending) and put x in, keeping the
+    order; NaN for either means none. Returns the new count."""
+    if math.isnan(out):
+        if math.isnan(x):
+            return m
+        k = place(held, m, x)
+        for t in range(m, k, -1):
+            held[t] = held[t - 1]
+        held[k] = x
+        return m + 1
+    i = place(held, m, out)
+    if math.isnan(x):
+        for t in range(i, m - 1):
+            held[t] = held[t + 1]
+        return m - 1
+    if x >= out:
+        k = max(place(held, m, x), i + 1)
+        for t in range(i, k - 1):
+            held[t] = held[t + 1]
+        held[k - 1] = x
+    else:
+        k = place(held, m, x)
+        for t in range(i, k, -1):
+            held[t] = held[t - 1]
+        held[k] = x
+    return m
+
+
+@jit
+def sorted_median(held: FloatArray, m: int) -> float:
+    """The median of held[:m] (ascending, m > 0), as np.median computes it."""
+    half = m >> 1
+    return float(held[half] if m & 1 else (held[half - 1] + held[half]) / 2)
+
+
+@jit
+def sorted_mad(held: FloatArray, m: int, center: float) -> float:
+    """np.median(np.abs(held[:m] - center)) for held[:m] ascending and finite: the deviations
+    grow outward from the center on both sides, so they are merged in order, half of them."""
+    lo = place(held, m, center) - 1
+    hi = lo + 1
+    prev = last = 0.0
+    for _ in range((m >> 1) + 1):
+        if hi < m and (lo < 0 or abs(held[hi] - center) <= abs(held[lo] - center)):
+            d = abs(held[hi] - center)
+            hi += 1
+        else:
+            d = abs(held[lo] - center)
+            lo -= 1
+        prev, last = last, d
+    return last if m & 1 else (prev + last) / 2
+
+
+@jit
+def _sorted_median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> FloatArray:
+    """`median_before` (n > 1) with the window's entries held in order."""
+    out = np.empty(n)
+    held = np.empty(window)
+    m = lo = hi = 0
+    for j in range(n):
+        end = first + j - lag + 1
+        if end <= 0:
+            out[j] = np.nan
+            continue
+        start = max(0, end - window)
+        if start >= hi:  # nothing held is still in the window: fill it anew
+            m = 0
+            for e in range(start, end):
+                if not math.isnan(a[e]):
+                    held[m] = a[e]
+                    m += 1
+            held[:m] = np.sort(held[:m])
+        else:
+            for e in range(hi, end):
+                m = swap_in(held, m, a[e - window] if e - window >= lo else np.nan, a[e])
+        lo, hi = start, end
+        out[j] = sorted_median(held, m) if m else np.nan
+    return out
+
+
 @jit
 def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> FloatArray:
     """For the n entries from index `first` on, the median of the `window` entries of `a`
     ending `lag` entries before each (fewer at the start; NaN where there are none).
 
-    One point: a selection over its window. More: two heaps slide along (the low half under
-    the high half, as bottleneck does), so a step costs a few sifts, not a sort."""
+    One point: a selection over its window. More: a short window is held in order (a step
+    shifts a few entries); a long one as two heaps that slide along (the low half under the
+    high half, as bottleneck does), so a step costs a few sifts, not a sort."""
     out = np.empty(n)
     if n == 1:
         out[0] = _window_median(a, first - lag + 1, window)
         return out
+    if window <= SORTED_WINDOW:
+        return _sorted_median_before(a, first, n, window, lag)
     # Node e % window holds entry e of the window; the low half is a max-heap (heaps[0]),
     # the high half a min-heap (heaps[1]); side[node]: 0 low, 1 high, -1 not held (NaN).
     vals = np.empty(window)
