@@ -1,6 +1,7 @@
 """Stream actors leave memory when idle and come back from LMDB with their state; the node's
 Prometheus endpoint reports what happened."""
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -136,6 +137,59 @@ async def test_the_active_actor_limit_evicts_and_evicted_streams_continue_from_l
             found = reference.apply(detector, ts, series[m], seqs, np.arange(300))
             assert node.store.read_actor(_p(m), "acme", m) == reference.record
             assert (m == "a") == bool(found)  # the spike, caught after two evictions
+    finally:
+        await node.shutdown()
+
+
+async def test_workers_go_on_while_commits_wait_and_never_read_an_actor_behind_its_commit(
+    node_settings: Settings, nc: Client
+) -> None:
+    """The store's writer is held (a write transaction open elsewhere, as a long fsync would
+    hold it): the node goes on applying batches and publishing anomalies, and an actor that
+    left memory (a limit of one actor for three streams) comes back from its unfinished
+    commit, not from LMDB, which has nothing yet. Once the writer runs again every stream's
+    record is the one an uninterrupted actor ends with."""
+    node = Node(node_settings.model_copy(update={"max_active_actors": 1}))
+    await node.start()
+    anomalies: list[dict[str, object]] = []
+
+    async def on_anomaly(msg: Msg) -> None:
+        anomalies.append(json.loads(msg.data))
+
+    await nc.subscribe("dl.anomaly.acme.>", cb=on_anomaly)
+    blocker = node.store._env.begin(write=True)
+    try:
+        rng = np.random.default_rng(12)
+        streams = ["a", "b", "c"]
+        series = {m: 50 + rng.normal(0, 2, 300) for m in streams}
+        series["a"][250] = 120.0  # caught only by an actor that kept its first 250 points
+        for r in range(3):
+            for m in streams:
+                chunk = [[T0 + i, series[m][i]] for i in range(100 * r, 100 * (r + 1))]
+                await nc.publish(f"dl.in.acme.{m}", json.dumps(chunk).encode())
+                await nc.flush()
+                await asyncio.sleep(0.2)  # one message per batch: three evictions a round
+        await eventually(lambda: len(anomalies) == 1)
+        assert anomalies[0]["metric"] == "a" and anomalies[0]["ts"] == T0 + 250
+        assert all(node.store.read_actor(_p(m), "acme", m) is None for m in streams)
+    finally:
+        blocker.abort()
+    try:
+
+        def all_committed() -> bool:
+            records = [node.store.read_actor(_p(m), "acme", m) for m in streams]
+            return all(rec is not None and rec.points == 300 for rec in records)
+
+        await eventually(all_committed)
+        detector = Detector(node_settings.detector)
+        for m in streams:
+            reference = StreamActor("acme", m, None)
+            ts = T0 + np.arange(300, dtype=np.float64)
+            reference.apply(detector, ts, series[m], np.zeros(300, np.int64), np.arange(300))
+            assert node.store.read_actor(_p(m), "acme", m) == reference.record
+        text = scrape(node.metrics_port)
+        assert metric(text, "driftlock_actor_activations_total", '{source="lmdb"}') == 0
+        assert metric(text, "driftlock_events_applied_total") == 900
     finally:
         await node.shutdown()
 

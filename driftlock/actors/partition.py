@@ -5,13 +5,22 @@ with the new `last_applied_seq` in one LMDB transaction.
 Anomalies are published (and acknowledged by JetStream) before the commit. A crash in
 between replays the batch; detection is deterministic, so the replay makes the same anomaly
 ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what it stored.
+
+Commits are pipelined: the worker hands a batch's states to the store's writer thread and
+goes on with the next batch while the fsync runs. Waiting for it instead put a whole fsync in
+front of every batch: under load, when the file system's journal makes an fsync cost
+hundreds of milliseconds, that was most of an anomaly's latency. What the worker may have in
+flight is bounded in bytes (`MAX_BYTES_IN_FLIGHT`), and it keeps every actor of an unfinished
+commit (`_unsettled`), so an actor that left memory meanwhile comes back from there, never
+from an LMDB copy that is behind it.
 """
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from nats.aio.client import Client
@@ -36,6 +45,9 @@ Slice = tuple[DecodedPoints, int]
 
 
 YIELD_AFTER_S = 0.05
+MAX_BYTES_IN_FLIGHT = 8 << 20
+"""Encoded states a worker may have handed to the store and not yet seen committed: small
+batches (a paced load) never wait for an fsync, a backlog's big ones overlap about one."""
 
 
 class OwnershipLost(Exception):
@@ -51,6 +63,22 @@ class WorkerConfig:
     """Distinct streams per commit: a pulled batch is applied and committed in pieces of at
     most this many, because the actors of a piece stay in memory until it commits, whatever
     the limit on active actors."""
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch handed to the store: what it changed, and what to count once it is durable."""
+
+    done: "asyncio.Future[None]"
+    number: int
+    keys: list[StreamKey]
+    last_seq: int
+    size: int
+    messages: int
+    points: int
+    anomalies: list[Anomaly] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class PartitionWorker:
@@ -78,6 +106,15 @@ class PartitionWorker:
         self._stopping = asyncio.Event()
         self._feed: PartitionFeed | None = None
         self.last_applied_seq = 0
+        """Committed: what a restart or the next owner resumes after."""
+        self._applied_seq = 0
+        """Applied to the actors in memory, committed or not."""
+        self._in_flight: deque[_InFlight] = deque()
+        self._bytes_in_flight = 0
+        self._commits = 0
+        self._unsettled: dict[StreamKey, tuple[StreamActor, int]] = {}
+        """Actors of unfinished commits, with the number of the last commit holding them."""
+        self._failed: BaseException | None = None
 
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -99,6 +136,7 @@ class PartitionWorker:
 
     async def run(self) -> None:
         self.last_applied_seq = self._store.read_meta(self.partition).last_applied_seq
+        self._applied_seq = self.last_applied_seq
         self._feed = PartitionFeed(
             self._nc,
             self._js,
@@ -118,19 +156,25 @@ class PartitionWorker:
                 # that is safe.
                 self._actors.passivate_idle()
         finally:
+            # Submitted while the partition was ours: a handoff's snapshot must contain them.
+            await asyncio.gather(
+                *(asyncio.shield(c.done) for c in self._in_flight), return_exceptions=True
+            )
             self._actors.drop(self._owner)
             await self._feed.stop()
 
     async def _process(self, batch: list[Delivery]) -> None:
+        if self._failed is not None:
+            raise self._failed
         started = time.perf_counter()
         slices, rejects, last_seq = self._decode(batch)
-        if last_seq == self.last_applied_seq:
+        if last_seq == self._applied_seq:
             return
         anomalies: list[Anomaly] = []
         points = 0
-        touched = [self._actor(tenant, metric) for tenant, metric in slices]
+        touched = {key: self._actor(*key) for key in slices}
         slice_started = time.perf_counter()
-        for actor, parts in zip(touched, slices.values(), strict=True):
+        for actor, parts in zip(touched.values(), slices.values(), strict=True):
             ts, values, seqs, indexes = _concatenate(parts)
             anomalies += actor.apply(self._detector, ts, values, seqs, indexes)
             points += len(values)
@@ -145,10 +189,52 @@ class PartitionWorker:
         self._check_ownership()
         # Only the actors of this batch changed: the commit costs what the batch touched,
         # however many actors are active.
-        records = {actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in touched}
-        await self._store.commit(self.partition, records, last_seq)
-        self.last_applied_seq = last_seq
-        self._count(len(batch), points, anomalies, rejects, time.perf_counter() - started)
+        records = {
+            actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in touched.values()
+        }
+        self._applied_seq = last_seq
+        self._commits += 1
+        pending = _InFlight(
+            done=self._store.submit(self.partition, records, last_seq),
+            number=self._commits,
+            keys=list(touched),
+            last_seq=last_seq,
+            size=sum(map(len, records.values())),
+            messages=len(batch),
+            points=points,
+            anomalies=anomalies,
+            rejects=rejects,
+            seconds=time.perf_counter() - started,
+        )
+        for key, actor in touched.items():
+            self._unsettled[key] = (actor, pending.number)
+        self._in_flight.append(pending)
+        self._bytes_in_flight += pending.size
+        pending.done.add_done_callback(lambda _: self._settle())
+        while self._bytes_in_flight > MAX_BYTES_IN_FLIGHT and self._in_flight:
+            await asyncio.shield(self._in_flight[0].done)
+            self._settle()  # its own callback may not have run yet
+        if self._failed is not None:
+            raise self._failed
+
+    def _settle(self) -> None:
+        """Account for the commits that are durable, oldest first (the writer keeps order)."""
+        while self._in_flight and self._in_flight[0].done.done():
+            pending = self._in_flight.popleft()
+            self._bytes_in_flight -= pending.size
+            for key in pending.keys:
+                held = self._unsettled.get(key)
+                if held is not None and held[1] == pending.number:
+                    del self._unsettled[key]
+            failure = (
+                asyncio.CancelledError() if pending.done.cancelled() else pending.done.exception()
+            )
+            if failure is not None:
+                # The worker stops at its next step and restarts from what is committed.
+                self._failed = self._failed or failure
+                continue
+            self.last_applied_seq = pending.last_seq
+            self._count(pending)
 
     def _check_ownership(self) -> None:
         if not self._owns(self.partition):
@@ -160,7 +246,7 @@ class PartitionWorker:
     ) -> tuple[dict[StreamKey, list[Slice]], list[Reject], int]:
         slices: dict[StreamKey, list[Slice]] = {}
         rejects: list[Reject] = []
-        last_seq = self.last_applied_seq
+        last_seq = self._applied_seq
         for d in batch:
             if d.seq <= last_seq:  # already applied: a replayed or re-delivered message
                 continue
@@ -208,6 +294,10 @@ class PartitionWorker:
 
     def _actor(self, tenant: str, metric: str) -> StreamActor:
         actor = self._actors.get(self._owner, tenant, metric)
+        if actor is None and (tenant, metric) in self._unsettled:
+            # It left memory before its last commit landed: LMDB is behind it.
+            actor = self._unsettled[(tenant, metric)][0]
+            self._actors.readmit(self._owner, actor)
         if actor is None:
             started = time.perf_counter()
             record = self._store.read_actor(self.partition, tenant, metric)
@@ -249,21 +339,14 @@ class PartitionWorker:
         for r in rejects:
             await self._nc.publish(self._subjects.rejected(r.tenant), json_encoder.encode(r))
 
-    def _count(
-        self,
-        messages: int,
-        points: int,
-        anomalies: list[Anomaly],
-        rejects: list[Reject],
-        seconds: float,
-    ) -> None:
+    def _count(self, done: _InFlight) -> None:
         m = self._metrics
-        m.messages.inc(messages)
-        m.events_applied.inc(points)
-        m.batch_seconds.observe(seconds)
-        for a in anomalies:
+        m.messages.inc(done.messages)
+        m.events_applied.inc(done.points)
+        m.batch_seconds.observe(done.seconds)
+        for a in done.anomalies:
             m.anomalies.labels(a.kind.value).inc()
-        for r in rejects:
+        for r in done.rejects:
             m.rejects.labels(r.reason.value).inc()
 
 

@@ -7,8 +7,8 @@ actor leaves when it has been idle for `passivate_after_s`, and when more than
 Keeping the order costs one `move_to_end` per stream and batch, never one per point.
 
 Leaving is always safe, whichever worker's actor leaves: a partition worker keeps its own
-references to the actors of the batch in hand until it has committed them, and starts its next
-batch only after that commit, so an actor read back from LMDB is never behind the one that
+references to the actors of every batch it has not yet seen committed and takes such an actor
+back from there (`readmit`), so an actor read back from LMDB is never behind the one that
 left. Actors are held per worker instance (`owner`), as if each worker had its own map: a
 worker that replaces a failed one never sees its predecessor's actors, which may hold updates
 that were never committed, and the owner's actors leave when it stops.
@@ -110,14 +110,22 @@ class ActiveActors:
         """Hold a new actor, or one restored from LMDB in `restored_in` seconds; beyond the
         limit the least recently used leaves (committed already, or held by the batch in hand
         until it commits)."""
-        actor.last_active = self._clock()
-        self._lru[(owner, actor.tenant, actor.metric)] = actor
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         if restored_in is not None:
             self._restored += 1
             self._restore_s += restored_in
         else:
             self._created += 1
+        self._hold(owner, actor)
+
+    def readmit(self, owner: int, actor: StreamActor) -> None:
+        """Hold again an actor that left while its worker still had it (an unfinished
+        commit): neither created nor restored."""
+        self._hold(owner, actor)
+
+    def _hold(self, owner: int, actor: StreamActor) -> None:
+        actor.last_active = self._clock()
+        self._lru[(owner, actor.tenant, actor.metric)] = actor
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         while len(self._lru) > self._max_active:
             self._pop_oldest()
             self._evicted_limit += 1

@@ -150,7 +150,12 @@ class StateStore:
 
     async def commit(self, partition: int, actors: Puts, last_applied_seq: int) -> None:
         """Write the actors' records and the partition's new last applied sequence atomically."""
-        await self._submit(partition, actors, last_applied_seq, replace=False)
+        await self.submit(partition, actors, last_applied_seq)
+
+    def submit(self, partition: int, actors: Puts, last_applied_seq: int) -> "asyncio.Future[None]":
+        """`commit` without waiting: queued at once, so commits submitted one after the other
+        are written in that order; the future is done when this one is durable."""
+        return self._enqueue(partition, actors, last_applied_seq, replace=False)
 
     async def replace_partition(
         self, partition: int, records: list[tuple[bytes, bytes]], last_applied_seq: int
@@ -159,16 +164,16 @@ class StateStore:
         records it does not contain are dropped, in the same transaction."""
         prefix = partition_prefix(partition)
         actors = {prefix + key: value for key, value in records}
-        await self._submit(partition, actors, last_applied_seq, replace=True)
+        await self._enqueue(partition, actors, last_applied_seq, replace=True)
 
-    async def _submit(
+    def _enqueue(
         self, partition: int, actors: Puts, last_applied_seq: int, *, replace: bool
-    ) -> None:
+    ) -> "asyncio.Future[None]":
         meta = encode(PartitionMeta(last_applied_seq=last_applied_seq))
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Commit(partition_prefix(partition), meta, actors, loop, done, replace))
-        await done
+        return done
 
     def close(self) -> None:
         self._queue.put(None)
