@@ -67,3 +67,14 @@ def scrape_counter(port: int, name: str) -> float:
         text: str = response.read().decode()
     found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """SIGTERM, then SIGKILL after `timeout`: a node with 100,000 streams hands every
+    partition off with a fresh snapshot (gigabytes), and a bench has no next owner."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -30,7 +30,13 @@ import uvloop
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bench.common import print_table, scrape_counter, spawn_driftlock, write_results
+from bench.common import (
+    print_table,
+    scrape_counter,
+    spawn_driftlock,
+    stop_process,
+    write_results,
+)
 from driftlock.bus.feed import PartitionFeed
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.streams import StreamLimits, ensure_streams
@@ -291,8 +297,7 @@ async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
                             )  # fmt: skip
                             results[f"latency_ms_at_{int(share * 100)}pct"] = _quantiles(found)
                 finally:
-                    node.terminate()
-                    node.wait(30)
+                    stop_process(node)
                 rows.append(
                     [
                         s.name,

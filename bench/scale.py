@@ -25,7 +25,13 @@ import nats
 import numpy as np
 from nats.aio.client import Client
 
-from bench.common import print_table, scrape_counter, spawn_driftlock, write_results
+from bench.common import (
+    print_table,
+    scrape_counter,
+    spawn_driftlock,
+    stop_process,
+    write_results,
+)
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 
@@ -136,8 +142,7 @@ async def run(
             warm_s = time.monotonic() - started
         finally:
             await nc.close()
-            node.terminate()
-            node.wait(120)
+            stop_process(node)
             server.stop()
     return {
         "streams": streams,
