@@ -5,7 +5,16 @@ import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect import Detector, DetectorState
-from driftlock.detect.learned import CLUSTERS, DIMS, MIN_TRAIN, RETRAIN, learned_scores
+from driftlock.detect.learned import (
+    CLUSTERS,
+    DIMS,
+    MIN_TRAIN,
+    RETRAIN,
+    TRAIN,
+    _squared,
+    _vectors,
+    learned_scores,
+)
 from driftlock.detect.state import floats
 
 T0 = 1_400_025_600.0
@@ -77,3 +86,25 @@ def test_deterministic_across_runs() -> None:
     again, again_model = _scores(x.copy(), [900])
     assert raw.tobytes() == again.tobytes()
     assert model == again_model
+
+
+def test_compiled_training_distances_equal_numpys() -> None:
+    """The training's squared distances are what numpy's einsum and matrix product gave, bit
+    for bit (models trained before the compiled loops must score alike), ties and exact zeros
+    included."""
+    rng = np.random.default_rng(5)
+    for i in range(200):
+        series = np.cumsum(rng.normal(size=300) * rng.choice([1e-3, 1.0, 1e3]))
+        if i % 2:
+            series = series.round(1)  # repeated vectors, distances of exactly 0
+        x = _vectors(series)[-TRAIN:]
+        centroids = x[rng.choice(TRAIN, CLUSTERS)].copy()
+        if i % 3:
+            centroids += rng.normal(size=(CLUSTERS, DIMS)) * 0.1
+        d = (
+            np.einsum("ij,ij->i", x, x)[:, None]
+            - 2.0 * (x @ centroids.T)
+            + np.einsum("ij,ij->i", centroids, centroids)[None, :]
+        )
+        expected = np.maximum(d, 0.0, out=d)
+        assert np.array_equal(_squared(centroids, x).view(np.int64), expected.view(np.int64))

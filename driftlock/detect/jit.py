@@ -20,6 +20,8 @@ from typing import Any, TypeVar, cast
 
 import numba
 import numba.core.config
+from numba import types
+from numba.extending import intrinsic
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PACKAGE = Path(__file__).parent
@@ -41,3 +43,14 @@ if "NUMBA_CACHE_DIR" not in os.environ:  # an operator's own choice wins
 def jit(fn: F) -> F:
     """Compile `fn` (numba's nopython mode), keeping its signature for the type checker."""
     return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
+
+
+def _fma(typingctx: object, a: object, b: object, c: object) -> tuple[object, object]:
+    def codegen(context: object, builder: Any, signature: object, args: Any) -> Any:
+        return builder.fma(*args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+fma = cast(Callable[[float, float, float], float], intrinsic(_fma))
+"""a × b + c rounded once, as BLAS kernels accumulate a dot product (compiled code only)."""

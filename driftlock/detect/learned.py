@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from driftlock.detect.jit import jit
+from driftlock.detect.jit import fma, jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState, floats
 
@@ -91,15 +91,34 @@ def _distance(model: FloatArray, series: FloatArray, first: int, scale: FloatArr
     return out
 
 
+@jit
 def _squared(centroids: FloatArray, x: FloatArray) -> FloatArray:
-    """Squared distances [vector, centroid], as |x|² - 2 x·c + |c|² (one matrix product; only
-    for training, whose input is the same whatever the batches)."""
-    d: FloatArray = (
-        np.einsum("ij,ij->i", x, x)[:, None]
-        - 2.0 * (x @ centroids.T)
-        + np.einsum("ij,ij->i", centroids, centroids)[None, :]
-    )
-    return np.maximum(d, 0.0, out=d)
+    """Squared distances [vector, centroid], as (|x|² - 2 x·c) + |c|² clipped at 0 (only for
+    training, whose input is the same whatever the batches). Bit for bit what numpy computed
+    here before: squared norms summed in two lanes (einsum's order), dot products as one
+    chain of fused multiply-adds (the BLAS kernel's)."""
+    cc = np.empty(CLUSTERS)
+    for c in range(CLUSTERS):
+        cc[c] = _norm2(centroids[c])
+    d = np.empty((x.shape[0], CLUSTERS))
+    for r in range(x.shape[0]):
+        xx = _norm2(x[r])
+        for c in range(CLUSTERS):
+            dot = 0.0
+            for i in range(DIMS):
+                dot = fma(x[r, i], centroids[c, i], dot)
+            v = (xx - 2.0 * dot) + cc[c]
+            d[r, c] = 0.0 if v < 0.0 else v  # np.maximum(v, 0.0): NaN and -0.0 stay
+    return d
+
+
+@jit
+def _norm2(v: FloatArray) -> float:
+    even = odd = 0.0
+    for i in range(0, DIMS, 2):
+        even += v[i] * v[i]
+        odd += v[i + 1] * v[i + 1]
+    return even + odd
 
 
 @jit
@@ -133,6 +152,14 @@ def _assign(centroids: FloatArray, x: FloatArray, d: FloatArray) -> None:
 
 
 @jit
+def _fit(centroids: FloatArray, x: FloatArray, iterations: int) -> float:
+    """`iterations` Lloyd steps (in place), then the median distance to the nearest centroid."""
+    for _ in range(iterations):
+        _assign(centroids, x, _squared(centroids, x))
+    return _median_distance(_squared(centroids, x))
+
+
+@jit
 def _median_distance(d: FloatArray) -> float:
     """np.median of the distances to the nearest centroid (NaN if any is)."""
     rows = d.shape[0]
@@ -161,7 +188,5 @@ def _train(x: FloatArray, model: FloatArray) -> FloatArray:
         order = np.argsort(np.einsum("ij,ij->i", x, x), kind="stable")
         picks = order[((np.arange(CLUSTERS) + 0.5) * len(x) / CLUSTERS).astype(np.intp)]
         centroids, iterations = x[picks].copy(), ITERATIONS
-    for _ in range(iterations):
-        _assign(centroids, x, _squared(centroids, x))
-    unit = _median_distance(_squared(centroids, x))
+    unit = _fit(centroids, x, iterations)
     return np.append(centroids.ravel(), max(unit, _TINY))

@@ -211,27 +211,82 @@ def _fill(
     pos: IntArray,
     side: npt.NDArray[np.int8],
 ) -> None:
-    """Hold a[start:end] (NaN left out) from one sort: its low half in descending order is a
-    max-heap, its high half in ascending order a min-heap."""
+    """Hold a[start:end] (NaN left out): a selection splits it into its low and high halves,
+    which are then made a max-heap and a min-heap (cheaper than a sort)."""
     window = len(vals)
     side[:] = -1
-    entries = np.empty(end - start, np.int64)
+    nodes = heaps[0]  # the held nodes, split in place; the high half then moves to heaps[1]
     m = 0
     for e in range(start, end):
         if not math.isnan(a[e]):
-            entries[m] = e
+            node = e % window
+            vals[node] = a[e]
+            nodes[m] = node
             m += 1
-    entries = entries[:m][np.argsort(a[entries[:m]])]
-    sizes[0], sizes[1] = (m + 1) // 2, m // 2
-    for rank in range(m):
-        e = entries[rank]
-        node = e % window
-        vals[node] = a[e]
-        s = 0 if rank < sizes[0] else 1
-        k = sizes[0] - 1 - rank if s == 0 else rank - sizes[0]
-        heaps[s, k] = node
-        side[node] = s
-        pos[node] = k
+    low = (m + 1) // 2
+    sizes[0], sizes[1] = low, m // 2
+    if 0 < low < m:
+        _select(nodes, m, low - 1, vals)
+    heaps[1, : m - low] = nodes[low:m]
+    for s in (0, 1):
+        size = sizes[s]
+        for k in range(size // 2 - 1, -1, -1):
+            _sift_down(heaps[s], size, vals, k, 1.0 if s == 0 else -1.0)
+        for k in range(size):
+            node = heaps[s, k]
+            side[node] = s
+            pos[node] = k
+
+
+@jit
+def _select(nodes: IntArray, m: int, k: int, vals: FloatArray) -> None:
+    """Reorder nodes[:m] so that nodes[k] holds the k-th smallest value, none above it before
+    it and none below it after it (Hoare's selection, median-of-three pivots)."""
+    lo, hi = 0, m - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        # Median of three to nodes[mid], then use it as the pivot.
+        if vals[nodes[mid]] < vals[nodes[lo]]:
+            nodes[mid], nodes[lo] = nodes[lo], nodes[mid]
+        if vals[nodes[hi]] < vals[nodes[lo]]:
+            nodes[hi], nodes[lo] = nodes[lo], nodes[hi]
+        if vals[nodes[hi]] < vals[nodes[mid]]:
+            nodes[hi], nodes[mid] = nodes[mid], nodes[hi]
+        pivot = vals[nodes[mid]]
+        i, j = lo, hi
+        while i <= j:
+            while vals[nodes[i]] < pivot:
+                i += 1
+            while vals[nodes[j]] > pivot:
+                j -= 1
+            if i <= j:
+                nodes[i], nodes[j] = nodes[j], nodes[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@jit
+def _sift_down(heap: IntArray, size: int, vals: FloatArray, k: int, sign: float) -> None:
+    """heap[k] down to its place below it (positions are set by the caller)."""
+    node = heap[k]
+    x = sign * vals[node]
+    while True:
+        child = 2 * k + 1
+        if child >= size:
+            break
+        if child + 1 < size and sign * vals[heap[child + 1]] > sign * vals[heap[child]]:
+            child += 1
+        if sign * vals[heap[child]] <= x:
+            break
+        heap[k] = heap[child]
+        k = child
+    heap[k] = node
 
 
 @jit
