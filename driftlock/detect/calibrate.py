@@ -61,15 +61,21 @@ class Calibrator:
         Only scored points a detector had a say on are learned from; `shift` lowers every
         reference by that many octaves (the sensitivity). Also returns the histogram and
         references to store."""
-        hist = np.zeros(self.detectors * BINS, dtype=np.int32)
-        refs = _references(hist, self.quantile, self.floors, self.priors)
-        # A state from before a detector was added holds the others' rows (a prefix): the new
-        # one starts with an empty history and its prior.
-        known = np.frombuffer(state.hist, dtype=np.int32)[: len(hist)]
-        hist[: len(known)] = known
-        if len(known):
-            old_refs = floats(state.refs)[: len(refs)]
-            refs[: len(old_refs)] = old_refs
+        size = self.detectors * BINS
+        if len(state.hist) == 4 * size and len(state.refs) == 8 * self.detectors:
+            # The usual case, every row stored: writable copies, nothing to fill in.
+            hist = np.frombuffer(state.hist, dtype=np.int32).copy()
+            refs = floats(state.refs).copy()
+        else:
+            hist = np.zeros(size, dtype=np.int32)
+            refs = _references(hist, self.quantile, self.floors, self.priors)
+            # A state from before a detector was added holds the others' rows (a prefix): the
+            # new one starts with an empty history and its prior.
+            known = np.frombuffer(state.hist, dtype=np.int32)[:size]
+            hist[: len(known)] = known
+            if len(known):
+                old_refs = floats(state.refs)[: len(refs)]
+                refs[: len(old_refs)] = old_refs
         surprise, at = _surprise(
             raw, scored, state.count, hist, refs, shift, self.quantile, self.floors, self.priors
         )

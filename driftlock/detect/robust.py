@@ -19,7 +19,7 @@ import numpy.typing as npt
 from driftlock.detect.calibrate import EPOCH
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray, median_before
-from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.detect.state import DetectorState, floats
 
 MAD_TO_SIGMA = 1.4826
 LONG_RUN = 16
@@ -63,23 +63,20 @@ def robust_scores(
     """Raw scores of the three detectors for the batch, the last n entries of `series` (the
     stored values, then the batch), and the history fields to store; the CUSUM only counts the
     `counted` points (after the warm-up, and not explained by the seasonal profile)."""
-    (level, shift, volatility, median, scale, steps, built, diffs, devs, scales, up, down) = (
-        _robust_kernel(
-            series,
-            n,
-            window,
-            counted,
-            floats(state.diffs),
-            floats(state.devs),
-            floats(state.scales),
-            state.count,
-            state.cusum_up,
-            state.cusum_down,
-        )
+    rows, diffs, devs, scales, up, down = _robust_kernel(
+        series,
+        n,
+        window,
+        counted,
+        floats(state.diffs),
+        floats(state.devs),
+        floats(state.scales),
+        state.count,
+        state.cusum_up,
+        state.cusum_down,
     )
-    scores = RobustScores(level, shift, volatility, median, scale, steps, built)
-    return scores, {
-        "values": tail(series, window + SHORT),
+    # The stored values are the ensemble's to keep (other detectors read further back).
+    return RobustScores(*rows), {
         "diffs": diffs.tobytes(),
         "devs": devs.tobytes(),
         "scales": scales.tobytes(),
@@ -100,20 +97,9 @@ def _robust_kernel(
     count: int,
     cusum_up: int,
     cusum_down: int,
-) -> tuple[
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    FloatArray,
-    int,
-    int,
-]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, int, int]:
+    """The RobustScores as rows of one array (one array to hand back to Python, not seven),
+    and the diffs, devs, scale ring and CUSUMs to store."""
     h = len(series) - n
     diffs = np.empty(len(old_diffs) + n)
     diffs[: len(old_diffs)] = old_diffs
@@ -129,8 +115,10 @@ def _robust_kernel(
     short = median_before(diffs, len(old_diffs), n, SHORT, 0)
     long = median_before(diffs, len(old_diffs), n, window, SHORT)
 
-    level, shift, volatility = np.empty(n), np.empty(n), np.empty(n)
-    scale, built = np.empty(n), np.empty(n)
+    rows = np.empty((7, n))
+    level, shift, volatility, scale, built = rows[0], rows[1], rows[2], rows[4], rows[6]
+    rows[3] = median
+    rows[5] = diffs[len(old_diffs) :]
     # The long-run floor: LONG_RUN_FLOOR × the median of the scales recorded at the last
     # LONG_RUN epoch boundaries (absolute positions), so that after a flat stretch the first
     # ordinary wiggle is not a thousand-sigma event.
@@ -156,6 +144,10 @@ def _robust_kernel(
         v = abs(np.log((short[j] + eps) / (long[j] + eps)))
         volatility[j] = v if math.isfinite(v) else 0.0
     return (
-        level, shift, volatility, median, scale, diffs[len(old_diffs) :], built,
-        diffs[-(window + SHORT) :].copy(), devs[-window:].copy(), ring, cusum_up, cusum_down,
-    )  # fmt: skip
+        rows,
+        diffs[-(window + SHORT) :].copy(),
+        devs[-window:].copy(),
+        ring,
+        cusum_up,
+        cusum_down,
+    )

@@ -293,9 +293,14 @@ def _sift_down(heap: IntArray, size: int, vals: FloatArray, k: int, sign: float)
 def _window_median(a: FloatArray, end: int, window: int) -> float:
     if end <= 0:
         return np.nan
-    chunk = a[max(0, end - window) : end]
-    held = chunk[~np.isnan(chunk)]
-    return float(np.median(held)) if len(held) else np.nan
+    start = max(0, end - window)
+    held = np.empty(end - start)
+    m = 0
+    for e in range(start, end):
+        if not math.isnan(a[e]):
+            held[m] = a[e]
+            m += 1
+    return float(np.median(held[:m])) if m else np.nan
 
 
 @jit

@@ -8,6 +8,7 @@ a constant, never fires).
 """
 
 import math
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +21,8 @@ from driftlock.detect.state import DetectorState, floats
 GAP_WINDOW = 64
 GAP_FACTOR = 10.0
 FLAT_MIN = 12
+_FLOAT = struct.Struct("d")
+"""A stored float64, as `floats` reads it (native byte order)."""
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -36,22 +39,58 @@ def check_rules(
     state: DetectorState, ts: FloatArray | None, values: FloatArray, warmup: int
 ) -> tuple[RuleFlags, dict[str, object]]:
     n = len(values)
-    history = floats(state.values)
-    last = history[-1] if len(history) and state.count else np.nan
-    flat, run, record = _flatline(
-        values, last, state.count, warmup, state.flat_run, state.flat_record
-    )
-    fields: dict[str, object] = {"flat_run": run, "flat_record": record}
+    stored = state.values
+    last = _FLOAT.unpack_from(stored, len(stored) - 8)[0] if stored and state.count else np.nan
     if ts is None:
+        flat, run, record = _flatline(
+            values, last, state.count, warmup, state.flat_run, state.flat_record
+        )
         none = np.empty(n)
         none.fill(np.nan)
+        fields: dict[str, object] = {"flat_run": run, "flat_record": record}
         return RuleFlags(np.zeros(n, dtype=bool), flat, none, none), fields
     last_ts = np.nan if state.last_ts is None else state.last_ts
-    missing, interval, gap, gaps, gap_record = _gaps(
-        ts, last_ts, floats(state.gaps), state.count, warmup, state.gap_record
+    flat, run, record, missing, interval, gap, gaps, gap_record = _both(
+        values,
+        last,
+        state.flat_run,
+        state.flat_record,
+        ts,
+        last_ts,
+        floats(state.gaps),
+        state.gap_record,
+        state.count,
+        warmup,
     )
-    fields.update(gaps=gaps.tobytes(), last_ts=float(ts[-1]), gap_record=gap_record)
+    fields = {
+        "flat_run": run,
+        "flat_record": record,
+        "gaps": gaps.tobytes(),
+        "last_ts": float(ts[-1]),
+        "gap_record": gap_record,
+    }
     return RuleFlags(missing, flat, interval, gap), fields
+
+
+@jit
+def _both(
+    values: FloatArray,
+    last: float,
+    run: int,
+    record: int,
+    ts: FloatArray,
+    last_ts: float,
+    old_gaps: FloatArray,
+    gap_record: float,
+    count: int,
+    warmup: int,
+) -> tuple[BoolArray, int, int, BoolArray, FloatArray, FloatArray, FloatArray, float]:
+    """Both checks in one compiled call."""
+    flat, run, record = _flatline(values, last, count, warmup, run, record)
+    missing, interval, gap, gaps, gap_record = _gaps(
+        ts, last_ts, old_gaps, count, warmup, gap_record
+    )
+    return flat, run, record, missing, interval, gap, gaps, gap_record
 
 
 @jit
