@@ -63,7 +63,8 @@ def spawn_driftlock(
 
 
 def scrape_counter(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    # A node busy with 100,000 streams answers slowly, not wrongly: wait for it.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
         text: str = response.read().decode()
     found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else 0.0

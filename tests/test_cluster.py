@@ -9,6 +9,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from driftlock.bus.buckets import key_value
+from driftlock.cluster.coordinator import DutyCycle
 from driftlock.cluster.leases import Leases, LeaseState
 from driftlock.cluster.rendezvous import assignment
 from driftlock.cluster.snapshots import Snapshots
@@ -149,3 +150,21 @@ async def test_a_snapshot_restores_only_when_it_is_newer(nc: Client, tmp_path: P
         source.close()
         target.close()
         await asyncio.sleep(0)
+
+
+def test_periodic_snapshots_keep_to_their_share_of_the_time() -> None:
+    now = [100.0]
+    duty = DutyCycle(0.25, clock=lambda: now[0])
+    assert duty.ready()
+    started = now[0]
+    now[0] += 20.0  # a round of big partitions took 20 s
+    duty.ran(started)
+    now[0] += 59.0
+    assert not duty.ready()  # three times the round: 60 s of processing first
+    now[0] += 1.0
+    assert duty.ready()
+    started = now[0]
+    now[0] += 0.1  # small partitions: the usual interval decides again
+    duty.ran(started)
+    now[0] += 0.31
+    assert duty.ready()
