@@ -41,26 +41,68 @@ def seasonal_scores(
     state: DetectorState, ts: FloatArray, values: FloatArray, interval: FloatArray, days: int
 ) -> tuple[SeasonalScores, dict[str, object]]:
     """`interval` is the stream's usual seconds between points, before each point."""
-    rows = days + 1
-    table = load_table(state.season_day, state.season_lo, state.season_hi, rows, SLOTS_PER_DAY)
-    today, reach, width = state.season_today, state.season_reach, state.season_width
-    if len(state.envelope) == 8 * SLOTS_PER_DAY:
-        envelope = np.frombuffer(state.envelope, dtype=np.float32).reshape(2, SLOTS_PER_DAY)
-    else:
-        envelope, width = _day_envelope(table.day, table.lo, table.hi, today, reach, days)
-    score, lower, upper, scale, envelope, today, reach, width = _scores(
-        ts, values, interval, table.day, table.lo, table.hi, envelope, today, reach, width, days
+    score, lower, upper, scale, day, lo, hi, envelope, today, reach, width = _season(
+        ts,
+        values,
+        interval,
+        state.season_day,
+        state.season_lo,
+        state.season_hi,
+        state.envelope,
+        state.season_today,
+        state.season_reach,
+        state.season_width,
+        days,
     )
     history: dict[str, object] = {
         "season_today": today,
         "season_reach": reach,
         "season_width": width,
-        "season_day": table.day.tobytes(),
-        "season_lo": table.lo.tobytes(),
-        "season_hi": table.hi.tobytes(),
+        "season_day": day.tobytes(),
+        "season_lo": lo.tobytes(),
+        "season_hi": hi.tobytes(),
         "envelope": envelope.tobytes(),
     }
     return SeasonalScores(score, lower, upper, scale), history
+
+
+@jit
+def _season(
+    ts: FloatArray,
+    values: FloatArray,
+    interval: FloatArray,
+    stored_day: bytes,
+    stored_lo: bytes,
+    stored_hi: bytes,
+    stored_envelope: bytes,
+    today: int,
+    reach: int,
+    width: float,
+    days: int,
+) -> tuple[
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    npt.NDArray[np.int64],
+    F32Array,
+    F32Array,
+    F32Array,
+    int,
+    int,
+    float,
+]:
+    """The stored table and today's envelope decoded, then `_scores`, in one compiled call;
+    returns the scores and the table and envelope to store."""
+    day, lo, hi = load_table(stored_day, stored_lo, stored_hi, days + 1, SLOTS_PER_DAY)
+    if len(stored_envelope) == 8 * SLOTS_PER_DAY:
+        envelope = np.frombuffer(stored_envelope, dtype=np.float32).copy().reshape(2, SLOTS_PER_DAY)
+    else:
+        envelope, width = _day_envelope(day, lo, hi, today, reach, days)
+    score, lower, upper, scale, envelope, today, reach, width = _scores(
+        ts, values, interval, day, lo, hi, envelope, today, reach, width, days
+    )
+    return score, lower, upper, scale, day, lo, hi, envelope, today, reach, width
 
 
 @jit

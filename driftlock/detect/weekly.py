@@ -29,22 +29,45 @@ def weekly_scores(
 ) -> tuple[FloatArray, dict[str, object]]:
     """Raw scores (how far outside last week's envelope, in units of `scale`, the daily
     profile's width; NaN where last week holds nothing) and the fields to store."""
-    table = load_table(state.week_day, state.week_lo, state.week_hi, ROWS, HOURS)
-    today = state.week_today
-    if len(state.week_envelope) == 8 * HOURS:
-        envelope = np.frombuffer(state.week_envelope, dtype=np.float32).reshape(2, HOURS)
-    else:
-        envelope = _envelope(table.day, table.lo, table.hi, today)
-    score, envelope, today = _scores(
-        ts, values, scale, table.day, table.lo, table.hi, envelope, today
+    score, day, lo, hi, envelope, today = _week(
+        ts,
+        values,
+        scale,
+        state.week_day,
+        state.week_lo,
+        state.week_hi,
+        state.week_envelope,
+        state.week_today,
     )
     return score, {
         "week_today": today,
-        "week_day": table.day.tobytes(),
-        "week_lo": table.lo.tobytes(),
-        "week_hi": table.hi.tobytes(),
+        "week_day": day.tobytes(),
+        "week_lo": lo.tobytes(),
+        "week_hi": hi.tobytes(),
         "week_envelope": envelope.tobytes(),
     }
+
+
+@jit
+def _week(
+    ts: FloatArray,
+    values: FloatArray,
+    scale: FloatArray,
+    stored_day: bytes,
+    stored_lo: bytes,
+    stored_hi: bytes,
+    stored_envelope: bytes,
+    today: int,
+) -> tuple[FloatArray, npt.NDArray[np.int64], F32Array, F32Array, F32Array, int]:
+    """The stored table and envelope decoded, then `_scores`, in one compiled call; returns
+    the scores and the table and envelope to store."""
+    day, lo, hi = load_table(stored_day, stored_lo, stored_hi, ROWS, HOURS)
+    if len(stored_envelope) == 8 * HOURS:
+        envelope = np.frombuffer(stored_envelope, dtype=np.float32).copy().reshape(2, HOURS)
+    else:
+        envelope = _envelope(day, lo, hi, today)
+    score, envelope, today = _scores(ts, values, scale, day, lo, hi, envelope, today)
+    return score, day, lo, hi, envelope, today
 
 
 @jit
