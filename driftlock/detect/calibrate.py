@@ -63,23 +63,52 @@ class Calibrator:
         references to store."""
         size = self.detectors * BINS
         if len(state.hist) == 4 * size and len(state.refs) == 8 * self.detectors:
-            # The usual case, every row stored: writable copies, nothing to fill in.
-            hist = np.frombuffer(state.hist, dtype=np.int32).copy()
-            refs = floats(state.refs).copy()
-        else:
-            hist = np.zeros(size, dtype=np.int32)
-            refs = _references(hist, self.quantile, self.floors, self.priors)
-            # A state from before a detector was added holds the others' rows (a prefix): the
-            # new one starts with an empty history and its prior.
-            known = np.frombuffer(state.hist, dtype=np.int32)[:size]
-            hist[: len(known)] = known
-            if len(known):
-                old_refs = floats(state.refs)[: len(refs)]
-                refs[: len(old_refs)] = old_refs
+            # The usual case, every row stored: decoded in the compiled call, nothing to fill in.
+            surprise, at, hist, refs = _stored_surprise(
+                raw,
+                scored,
+                state.count,
+                state.hist,
+                state.refs,
+                shift,
+                self.quantile,
+                self.floors,
+                self.priors,
+            )
+            return surprise, at, hist.tobytes(), refs.tobytes()
+        hist = np.zeros(size, dtype=np.int32)
+        refs = _references(hist, self.quantile, self.floors, self.priors)
+        # A state from before a detector was added holds the others' rows (a prefix): the new
+        # one starts with an empty history and its prior.
+        known = np.frombuffer(state.hist, dtype=np.int32)[:size]
+        hist[: len(known)] = known
+        if len(known):
+            old_refs = floats(state.refs)[: len(refs)]
+            refs[: len(old_refs)] = old_refs
         surprise, at = _surprise(
             raw, scored, state.count, hist, refs, shift, self.quantile, self.floors, self.priors
         )
         return surprise, at, hist.tobytes(), refs.tobytes()
+
+
+@jit
+def _stored_surprise(
+    raw: FloatArray,
+    scored: npt.NDArray[np.bool_],
+    count: int,
+    stored_hist: bytes,
+    stored_refs: bytes,
+    shift: float,
+    quantile: float,
+    floors: FloatArray,
+    priors: FloatArray,
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int32], FloatArray]:
+    """`_surprise` on writable copies of a complete stored histogram and references; returns
+    them too."""
+    hist = np.frombuffer(stored_hist, dtype=np.int32).copy()
+    refs = np.frombuffer(stored_refs, dtype=np.float64).copy()
+    surprise, at = _surprise(raw, scored, count, hist, refs, shift, quantile, floors, priors)
+    return surprise, at, hist, refs
 
 
 @jit

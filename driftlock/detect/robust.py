@@ -19,7 +19,7 @@ import numpy.typing as npt
 from driftlock.detect.calibrate import EPOCH
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray, median_before
-from driftlock.detect.state import DetectorState, floats
+from driftlock.detect.state import DetectorState
 
 MAD_TO_SIGMA = 1.4826
 LONG_RUN = 16
@@ -68,9 +68,9 @@ def robust_scores(
         n,
         window,
         counted,
-        floats(state.diffs),
-        floats(state.devs),
-        floats(state.scales),
+        state.diffs,
+        state.devs,
+        state.scales,
         state.count,
         state.cusum_up,
         state.cusum_down,
@@ -91,15 +91,19 @@ def _robust_kernel(
     n: int,
     window: int,
     counted: npt.NDArray[np.bool_],
-    old_diffs: FloatArray,
-    old_devs: FloatArray,
-    ring: FloatArray,
+    stored_diffs: bytes,
+    stored_devs: bytes,
+    stored_scales: bytes,
     count: int,
     cusum_up: int,
     cusum_down: int,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, int, int]:
     """The RobustScores as rows of one array (one array to hand back to Python, not seven),
-    and the diffs, devs, scale ring and CUSUMs to store."""
+    and the diffs, devs, scale ring and CUSUMs to store; the stored ones are read here, from
+    the state's bytes."""
+    old_diffs = np.frombuffer(stored_diffs, dtype=np.float64)
+    old_devs = np.frombuffer(stored_devs, dtype=np.float64)
+    ring = np.frombuffer(stored_scales, dtype=np.float64)
     h = len(series) - n
     diffs = np.empty(len(old_diffs) + n)
     diffs[: len(old_diffs)] = old_diffs

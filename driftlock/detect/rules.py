@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray, median_before
-from driftlock.detect.state import DetectorState, floats
+from driftlock.detect.state import DetectorState
 
 GAP_WINDOW = 64
 GAP_FACTOR = 10.0
@@ -57,7 +57,7 @@ def check_rules(
         state.flat_record,
         ts,
         last_ts,
-        floats(state.gaps),
+        state.gaps,
         state.gap_record,
         state.count,
         warmup,
@@ -80,13 +80,14 @@ def _both(
     record: int,
     ts: FloatArray,
     last_ts: float,
-    old_gaps: FloatArray,
+    stored_gaps: bytes,
     gap_record: float,
     count: int,
     warmup: int,
 ) -> tuple[BoolArray, int, int, BoolArray, FloatArray, FloatArray, FloatArray, float]:
-    """Both checks in one compiled call."""
+    """Both checks in one compiled call (the stored gaps read here, from the state's bytes)."""
     flat, run, record = _flatline(values, last, count, warmup, run, record)
+    old_gaps = np.frombuffer(stored_gaps, dtype=np.float64)
     missing, interval, gap, gaps, gap_record = _gaps(
         ts, last_ts, old_gaps, count, warmup, gap_record
     )
