@@ -47,9 +47,10 @@ async def test_large_messages_are_requested_by_the_byte_budget(nc: Client) -> No
     await feed.start(1)
     try:
         first = await feed.next_batch(10_000, wait_s=2.0)
-        # Before it knew their size, the feed asked for a guess's worth (50 kB at 1 kB each).
+        # Before it knew their size, the feed asked for a guess's worth (50 kB at 1 kB each)
+        # in one request; that request stays outstanding until all 48 have come.
         assert 0 < len(first) <= 48
-        while len(first) < 5:  # the guess fades as real sizes come in: five outweigh it
+        while len(first) < 48:
             first += await feed.next_batch(10_000, wait_s=2.0)
         assert feed.request_size() == 5  # 50 kB at ~10 kB each
         taken = first + await take_all(feed, 200 - len(first), limit=2 * 5, batch=2000)
