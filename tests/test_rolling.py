@@ -53,3 +53,20 @@ def test_ordered_window_median_and_mad_equal_numpys() -> None:
             center = float(np.median(ring))
             assert sorted_median(held, size) == center
             assert sorted_mad(held, size, center) == np.median(np.abs(ring - center))
+
+
+def test_one_point_median_equals_numpys() -> None:
+    """A one-point call selects its median in place: np.median of the window's entries (NaN
+    left out), bit for bit."""
+    rng = np.random.default_rng(13)
+    for _ in range(500):
+        length = int(rng.integers(1, 400))
+        a = rng.normal(size=length).round(int(rng.integers(0, 3)))
+        a[rng.random(length) < rng.choice([0.0, 0.1, 0.9])] = np.nan
+        window, lag = int(rng.integers(1, 300)), int(rng.integers(0, 5))
+        end = length - lag
+        held = a[max(0, end - window) : max(0, end)]
+        held = held[~np.isnan(held)]
+        expected = np.median(held) if len(held) else np.nan
+        got = median_before(a, length - 1, 1, window, lag)
+        assert np.array_equal(got, [expected], equal_nan=True)

@@ -39,7 +39,7 @@ def learned_scores(
 ) -> tuple[FloatArray, bytes]:
     """Raw scores for the last n entries of `series` (history + batch), given each point's
     robust scale; returns them and the model to store (centroids, then the distance unit)."""
-    model = floats(state.centroids)
+    model = stored = floats(state.centroids)
     if len(series) <= DIMS:
         return np.full(n, np.nan), state.centroids
     # Vector r (steps r .. r + DIMS - 1) ends at series entry r + DIMS; the batch's point j is
@@ -59,7 +59,7 @@ def learned_scores(
             if end >= MIN_TRAIN:
                 model = _train(_vectors(series)[max(0, end - TRAIN) : end], model)
         a = b
-    return raw, model.tobytes()
+    return raw, model.tobytes() if model is not stored else state.centroids
 
 
 def _vectors(series: FloatArray) -> FloatArray:

@@ -300,7 +300,47 @@ def _window_median(a: FloatArray, end: int, window: int) -> float:
         if not math.isnan(a[e]):
             held[m] = a[e]
             m += 1
-    return float(np.median(held[:m])) if m else np.nan
+    if m == 0:
+        return np.nan
+    # np.median's result, selected in place: the middle entry, or the mean of the two.
+    half = m >> 1
+    if m & 1:
+        return _select_value(held, m, half)
+    low = _select_value(held, m, half - 1)
+    return float((low + held[half:m].min()) / 2)
+
+
+@jit
+def _select_value(held: FloatArray, m: int, k: int) -> float:
+    """The k-th smallest of held[:m] (no NaN), reordering it so that none after it is smaller
+    (Hoare's selection, median-of-three pivots)."""
+    lo, hi = 0, m - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if held[mid] < held[lo]:
+            held[mid], held[lo] = held[lo], held[mid]
+        if held[hi] < held[lo]:
+            held[hi], held[lo] = held[lo], held[hi]
+        if held[hi] < held[mid]:
+            held[hi], held[mid] = held[mid], held[hi]
+        pivot = held[mid]
+        i, j = lo, hi
+        while i <= j:
+            while held[i] < pivot:
+                i += 1
+            while held[j] > pivot:
+                j -= 1
+            if i <= j:
+                held[i], held[j] = held[j], held[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return float(held[k])
 
 
 @jit
