@@ -59,3 +59,11 @@ def test_scale_bench_quick_mode_reports_memory_and_passivation() -> None:
     results = json.loads((ROOT / "bench" / "results" / "scale-quick.json").read_text())
     assert results["active_actors_after_passivation"] == 0
     assert results["lmdb_per_stream_bytes"] > 0
+
+
+def test_detect_cost_quick_mode_reports_wall_and_cpu_time() -> None:
+    out = run_bench("bench.detect_cost", "--quick")
+    assert "CPU µs per call" in out
+    results = json.loads((ROOT / "bench" / "results" / "detect_cost-quick.json").read_text())
+    for scenario in ("one_stream_batch_100", "interleaved_1_point", "interleaved_10_points"):
+        assert results[scenario]["us_per_call"] > 0 and results[scenario]["cpu_us_per_call"] > 0
