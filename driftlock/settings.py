@@ -55,7 +55,10 @@ class Settings(BaseSettings):
         5.0, ge=0.5, le=300, description="a partition lease not renewed this long expires"
     )
     snapshot_interval_s: float = Field(
-        30.0, gt=0, description="seconds between periodic partition snapshots"
+        30.0,
+        gt=0,
+        description="seconds between periodic partition snapshots (more when a round takes "
+        "long: rounds keep to a quarter of the time)",
     )
     max_concurrent_moves: int = Field(
         4, ge=1, le=1024, description="partitions a node hands off or takes at the same time"
