@@ -12,6 +12,7 @@ def test_pipeline_quick_mode_reports_numbers() -> None:
     for scenario in results["scenarios"]:
         assert scenario["end_to_end_eps"] > 0 and scenario["raw_ceiling_eps"] > 0
     assert results["idle_latency_ms"]["p50"] > 0
+    assert all(results[f"latency_ms_at_{r}eps"]["n"] > 0 for r in (20_000, 50_000, 75_000))
 
 
 def test_pull_bench_compares_fetch_with_the_feed() -> None:
