@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from nats.aio.client import Client
@@ -76,9 +76,9 @@ class _InFlight:
     size: int
     messages: int
     points: int
-    anomalies: list[Anomaly] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    seconds: float = 0.0
+    anomalies: list[Anomaly]
+    rejects: list[Reject]
+    seconds: float
 
 
 class PartitionWorker:
