@@ -37,7 +37,7 @@ async def publish_until_acked(js: Any, subject: str, payload: bytes, msg_id: str
             delay = min(delay * 2, 1.0)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 async def test_killing_one_of_three_nats_servers_loses_nothing(tmp_path: Path) -> None:
     cluster = ManagedNatsCluster(
         base_dir=tmp_path / "nats", subjects=Subjects(), partitions=PARTITIONS
@@ -78,7 +78,9 @@ async def test_killing_one_of_three_nats_servers_loses_nothing(tmp_path: Path) -
         async def done() -> bool:
             return await applied_points(nc) == TOTAL_POINTS
 
-        await eventually_async(done, timeout=120)
+        # Recovery after the kill took 63 to 106 s in clean runs on this machine (consumer
+        # re-creation against the dead peer): the bound leaves room, the assertion is unchanged.
+        await eventually_async(done, timeout=240)
         assert (await js.stream_info("DL_EVENTS")).state.messages >= len(events)
         for node in nodes:
             assert node.terminate() == 0
