@@ -39,6 +39,10 @@ SIZE_HORIZON = 4096
 _pull_encoder = msgspec.json.Encoder()
 
 
+def _consumer_name() -> str:
+    return f"dl_{uuid.uuid4().hex[:20]}"
+
+
 class Delivery(NamedTuple):
     """One stored message: its partition subject, payload, headers, stream sequence, stored
     time (Unix seconds) and how many messages of the partition were still pending."""
@@ -112,10 +116,7 @@ class PartitionFeed:
 
     async def _open_consumer(self) -> None:
         config = ConsumerConfig(
-            # Named by us, so a retry after a timed-out creation that did land on the server
-            # finds that same consumer instead of leaving it behind for 60 s: under load,
-            # orphans piled up to 1,150 filtered consumers and stalled nats-server.
-            name=f"dl_{uuid.uuid4().hex[:20]}",
+            name=_consumer_name(),  # named by us: see _create
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(self._next_seq, 1),
@@ -136,20 +137,24 @@ class PartitionFeed:
 
     async def _create(self, config: ConsumerConfig) -> ConsumerInfo:
         """Short timeouts, several tries: on a cluster that lost a server, nats-server 2.9
-        still places about half of new ephemeral consumers on the dead peer, and those
-        requests never get an answer, while the others succeed at once."""
-        for timeout in CREATE_TIMEOUTS_S[:-1]:
+        places about half of new ephemeral consumers on the dead peer, and those requests
+        never get an answer, while the others succeed at once.
+
+        The second try keeps the name, so a creation that landed late is found rather than
+        left behind (under load, orphans piled up to 1,150 filtered consumers and stalled
+        nats-server). Later tries take a fresh name: retrying a name the server placed on a
+        dead peer would wait on that peer forever."""
+        for attempt, timeout in enumerate(CREATE_TIMEOUTS_S):
+            if attempt >= 2:
+                config.name = _consumer_name()
             try:
                 return await self._js.add_consumer(self._stream, config, timeout=timeout)
             except TimeoutError:
                 log.info("consumer creation timed out; retrying", extra={"filter": self._filter})
-        try:
-            return await self._js.add_consumer(self._stream, config, timeout=CREATE_TIMEOUTS_S[-1])
-        except Exception:
-            assert config.name is not None
-            with contextlib.suppress(Exception):  # it may exist without our having heard
-                await self._js.delete_consumer(self._stream, config.name)
-            raise
+        assert config.name is not None
+        with contextlib.suppress(Exception):  # it may exist without our having heard
+            await asyncio.wait_for(self._js.delete_consumer(self._stream, config.name), 1.0)
+        raise TimeoutError(f"creating a consumer on {self._filter} timed out {attempt + 1} times")
 
     async def _close_consumer(self) -> None:
         sub, self._sub = self._sub, None
