@@ -14,7 +14,7 @@ from nats.js.api import StreamConfig
 
 from driftlock.actors.node import Node
 from driftlock.bus.server import ManagedNatsServer, find_nats_server
-from driftlock.errors import NatsSetupError
+from driftlock.errors import NatsServerError, NatsSetupError
 from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS
 
@@ -156,3 +156,24 @@ def test_bad_settings_name_the_flag_and_the_variable(tmp_path: Path) -> None:
     assert "--partitions / DRIFTLOCK_PARTITIONS" in result.stderr
     assert "--nats-url / DRIFTLOCK_NATS_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_nats_server_is_the_operators_choice_then_the_projects_copy_then_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make setup` unpacks nats-server beside the venv's Python; a nats-server on PATH (often
+    an older distribution package) must not shadow it, and $DRIFTLOCK_NATS_SERVER beats both."""
+    venv_bin, path_dir = tmp_path / "venv" / "bin", tmp_path / "path"
+    for directory in (venv_bin, path_dir):
+        directory.mkdir(parents=True)
+        (directory / "nats-server").write_text("#!/bin/sh\n")
+        (directory / "nats-server").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(path_dir))
+    monkeypatch.delenv("DRIFTLOCK_NATS_SERVER", raising=False)
+    assert find_nats_server() == str(venv_bin / "nats-server")
+    (venv_bin / "nats-server").unlink()
+    assert find_nats_server() == str(path_dir / "nats-server")
+    monkeypatch.setenv("DRIFTLOCK_NATS_SERVER", str(tmp_path / "missing"))
+    with pytest.raises(NatsServerError, match="is not an executable file"):
+        find_nats_server()

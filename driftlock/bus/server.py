@@ -32,12 +32,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 def find_nats_server() -> str:
-    """$DRIFTLOCK_NATS_SERVER, else nats-server on PATH (`make run` installs one)."""
+    """$DRIFTLOCK_NATS_SERVER, else the project's copy beside this Python (`make setup` puts
+    Debian 13's 2.10 there), else nats-server on PATH."""
     explicit = os.environ.get(NATS_SERVER_ENV)
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise NatsServerError(f"{NATS_SERVER_ENV}={explicit} is not an executable file")
         return explicit
+    project_copy = Path(sys.executable).parent / "nats-server"
+    if os.access(project_copy, os.X_OK):
+        return str(project_copy)
     found = shutil.which("nats-server")
     if found is None:
         raise NatsServerError(
