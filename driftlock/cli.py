@@ -17,6 +17,7 @@ from driftlock.bus.subjects import Subjects
 from driftlock.errors import DriftLockError
 from driftlock.logs import configure_logging
 from driftlock.settings import NODE_ID_PATTERN, Settings, load_settings
+from driftlock.tracing import configure_tracing
 
 log = logging.getLogger("driftlock.cli")
 
@@ -99,6 +100,12 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
 }
 
+TRACING_HELP = (
+    "Traces: OpenTelemetry's variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 "
+    "(OTLP over HTTP); OTEL_TRACES_EXPORTER=otlp|console|none, OTEL_SERVICE_NAME. "
+    "Without them spans are not exported."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -108,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, fields) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        epilog = TRACING_HELP if name != "nats-config" else None
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog)
         for field_name in fields:
             _add_setting(sub, field_name)
     admin = commands.add_parser("admin", help="Administration against a running NATS server.")
@@ -244,6 +252,7 @@ def _run_service(command: str, settings: Settings) -> int:
     }
     runner = runners[command]
     try:
+        configure_tracing("driftlock" if command == "up" else f"driftlock-{command}")
         uvloop.run(_until_signalled(runner, settings))
     except DriftLockError as exc:
         print(f"driftlock: {exc}", file=sys.stderr)

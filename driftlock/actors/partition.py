@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
@@ -35,6 +37,7 @@ from driftlock.bus.subjects import PROBE_TENANT, Subjects
 from driftlock.detect import Detector
 from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
 from driftlock.state.store import StateStore, actor_key
+from driftlock.tracing import TRACEPARENT, tracer
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
 from driftlock.wire.payload import DecodedPoints, decode_points
 
@@ -100,6 +103,7 @@ class PartitionWorker:
         self._owns = owns
         self._nc, self._js, self._store = nc, js, store
         self._subjects, self._detector, self._metrics = subjects, detector, metrics
+        self._tracer = tracer("driftlock.node")
         self._config = config
         self._actors = actors
         self._owner = actors.owner()  # this instance's actors only, never a predecessor's
@@ -184,7 +188,7 @@ class PartitionWorker:
                 await asyncio.sleep(0)
                 slice_started = time.perf_counter()
         self._check_ownership()
-        await self._publish_anomalies(anomalies)
+        await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
         self._check_ownership()
         # Only the actors of this batch changed: the commit costs what the batch touched,
@@ -306,34 +310,62 @@ class PartitionWorker:
             self._actors.add(self._owner, actor, restored_in=restored_in)
         return actor
 
-    async def _publish_anomalies(self, anomalies: list[Anomaly]) -> None:
-        """Publish until JetStream has acknowledged every anomaly (ids make retries safe)."""
+    async def _publish_anomalies(
+        self, anomalies: list[Anomaly], origins: dict[int, dict[str, str]]
+    ) -> None:
+        """Publish until JetStream has acknowledged every anomaly (ids make retries safe).
+
+        Each anomaly gets a span, a child of the trace its source message carried (a gateway
+        request injects one), and passes that span's context on in its headers: the alerter
+        and the webhooks it calls continue the same trace."""
+        spans = [self._anomaly_span(a, origins.get(a.seq)) for a in anomalies]
+        headers = [_headers(a, span) for a, span in zip(anomalies, spans, strict=True)]
         delay = 0.1
-        while anomalies:
-            try:
-                futures = [
-                    await self._js.publish_async(
-                        self._subjects.anomaly_store(a.tenant, a.metric),
-                        json_encoder.encode(a),
-                        headers={"Nats-Msg-Id": a.id},
+        try:
+            while anomalies:
+                try:
+                    futures = [
+                        await self._js.publish_async(
+                            self._subjects.anomaly_store(a.tenant, a.metric),
+                            json_encoder.encode(a),
+                            headers=h,
+                        )
+                        for a, h in zip(anomalies, headers, strict=True)
+                    ]
+                    await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
+                    return
+                except Exception as exc:
+                    if self._stopping.is_set():
+                        raise
+                    log.warning(
+                        "anomaly publish failed; retrying",
+                        extra={
+                            "partition": self.partition,
+                            "error": repr(exc),
+                            "count": len(anomalies),
+                        },
                     )
-                    for a in anomalies
-                ]
-                await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
-                return
-            except Exception as exc:
-                if self._stopping.is_set():
-                    raise
-                log.warning(
-                    "anomaly publish failed; retrying",
-                    extra={
-                        "partition": self.partition,
-                        "error": repr(exc),
-                        "count": len(anomalies),
-                    },
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            for span in spans:
+                span.end()
+
+    def _anomaly_span(self, a: Anomaly, origin: dict[str, str] | None) -> Span:
+        return self._tracer.start_span(
+            "anomaly detected",
+            context=propagate.extract(origin) if origin else None,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "driftlock.tenant": a.tenant,
+                "driftlock.metric": a.metric,
+                "driftlock.anomaly.id": a.id,
+                "driftlock.anomaly.kind": str(a.kind),
+                "driftlock.anomaly.score": a.score,
+                "driftlock.partition": self.partition,
+                "messaging.message.id": a.id,
+            },
+        )
 
     async def _publish_rejects(self, rejects: list[Reject]) -> None:
         for r in rejects:
@@ -392,6 +424,18 @@ def _producer_subject(partition_subject: str) -> str:
     producer published to."""
     prefix, _, _, rest = partition_subject.split(".", 3)
     return f"{prefix}.in.{rest}"
+
+
+def _trace_origins(batch: list[Delivery]) -> dict[int, dict[str, str]]:
+    """The trace context of each message that carried one, by stream sequence (an anomaly
+    names its source message by that sequence)."""
+    return {d.seq: d.headers for d in batch if d.headers and TRACEPARENT in d.headers}
+
+
+def _headers(a: Anomaly, span: Span) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": a.id}
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+    return headers
 
 
 def _content_type(headers: dict[str, str] | None) -> str | None:

@@ -15,8 +15,8 @@ import httpx
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
 
+from driftlock import tracing
 from driftlock.alerting import links, messages, senders
 from driftlock.alerting.channel_state import record_health, within_cap
 from driftlock.alerting.config import Channel
@@ -63,7 +63,7 @@ class Deliverer:
     ) -> None:
         self.store, self.http, self.config = store, http, config
         self.metrics, self.clock = metrics, clock
-        self.tracer = tracer or TracerProvider().get_tracer("driftlock.alerting")
+        self.tracer = tracer or tracing.tracer("driftlock.alerting")
         self._log_codec = msgspec.json.Decoder(LogEntry)
         self._encoder = msgspec.json.Encoder()
 

@@ -30,13 +30,12 @@ from driftlock.alerting.metrics import AlertMetrics
 from driftlock.alerting.store import AlertingStore, tenant_values
 from driftlock.bus.subjects import Subjects
 from driftlock.ids import is_valid_tenant
+from driftlock.tracing import TRACE_KEYS, TRACEPARENT
 from driftlock.wire.messages import Anomaly
 
 log = logging.getLogger("driftlock.alerting")
 
 DURABLE = "ALERTER"
-TRACEPARENT = "traceparent"
-TRACE_KEYS = (TRACEPARENT, "tracestate")
 Batch = list[tuple[Anomaly, dict[str, str]]]
 Routed = tuple[str, RouteSettings, dict[str, str], dict[str, str]]
 

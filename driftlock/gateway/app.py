@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from driftlock import __version__
+from driftlock import __version__, tracing
 from driftlock.alerting.store import AlertingStore
 from driftlock.bus.connection import connect
 from driftlock.bus.subjects import Subjects
@@ -182,7 +182,7 @@ class ObservedApp:
 
     def __init__(self, app: ASGIApp, holder: GatewayApp, max_body_bytes: int) -> None:
         self.app, self.holder, self.max_body = app, holder, max_body_bytes
-        self.tracer = trace.get_tracer("driftlock.gateway")
+        self.tracer = tracing.tracer("driftlock.gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -10,10 +10,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 
+from driftlock import tracing
 from driftlock.alerting.store import AlertingStore
 from driftlock.bus.subjects import Subjects
 from driftlock.gateway.anomaly_index import AnomalyIndex
@@ -89,9 +89,7 @@ class Gateway:
     alerting: AlertingStore | None = None
     anomalies: AnomalyIndex | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    tracer: trace.Tracer = field(
-        default_factory=lambda: TracerProvider().get_tracer("driftlock.gateway")
-    )
+    tracer: trace.Tracer = field(default_factory=lambda: tracing.tracer("driftlock.gateway"))
     usage_requests: Counter[str] = field(default_factory=Counter)
     usage_points: Counter[str] = field(default_factory=Counter)
 
