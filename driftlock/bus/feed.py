@@ -136,9 +136,9 @@ class PartitionFeed:
         await self._top_up()
 
     async def _create(self, config: ConsumerConfig) -> ConsumerInfo:
-        """Short timeouts, several tries: on a cluster that lost a server, nats-server 2.9
-        places about half of new ephemeral consumers on the dead peer, and those requests
-        never get an answer, while the others succeed at once.
+        """Short timeouts, several tries: on a cluster that lost a server, nats-server (2.9
+        and 2.10 here) places about half of new ephemeral consumers on the dead peer, and
+        those requests never get an answer, while the others succeed at once.
 
         The second try keeps the name, so a creation that landed late is found rather than
         left behind (under load, orphans piled up to 1,150 filtered consumers and stalled
