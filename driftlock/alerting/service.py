@@ -23,7 +23,7 @@ from driftlock.alerting.incident import Incident, Status
 from driftlock.alerting.intake import Intake
 from driftlock.alerting.metrics import AlertMetrics
 from driftlock.alerting.store import AlertingStore
-from driftlock.bus.connection import connect
+from driftlock.bus.connection import connect, on_reconnected
 from driftlock.bus.subjects import Subjects
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class Alerter:
         self._nc = nc = await connect(c.nats_url, name=f"driftlock-{c.worker}")
         self._store = store = AlertingStore(nc.jetstream(), c.prefix, replicas=c.replicas)
         await store.start()
-        _after_reconnect(nc, store.restart_watches)
+        on_reconnected(nc, store.restart_watches)
         self._http = httpx.AsyncClient(follow_redirects=False)
         delivery = DeliveryConfig(
             worker=c.worker,
@@ -228,17 +228,6 @@ class Alerter:
             self._inflight.discard(slot)
         if fresh is not None:
             self._schedule(fresh)  # the channel's next change, without waiting for a tick
-
-
-def _after_reconnect(nc: Client, callback: Callable[[], Any]) -> None:
-    first = nc._reconnected_cb  # nats-py has a single callback slot
-
-    async def both() -> None:
-        if first is not None:
-            await first()
-        await callback()
-
-    nc._reconnected_cb = both
 
 
 def config_from(settings: "Settings", *, metrics_port: int | None = None) -> AlerterConfig:

@@ -4,7 +4,7 @@ middleware that limits body size, times requests and opens a trace span for each
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Status, StatusCode
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftlock import __version__, tracing
 from driftlock.alerting.store import AlertingStore
-from driftlock.bus.connection import connect
+from driftlock.bus.connection import connect, on_reconnected
 from driftlock.bus.subjects import Subjects
 from driftlock.gateway import (
     admin_api,
@@ -143,7 +143,7 @@ class GatewayApp:
             await alerting.restart_watches()
             await anomalies.restart()
 
-        nc._reconnected_cb = _chain(nc._reconnected_cb, on_reconnect)  # nats-py has one slot
+        on_reconnected(nc, on_reconnect)
         freeze_long_lived()
         try:
             yield
@@ -152,18 +152,6 @@ class GatewayApp:
             await alerting.stop()
             await control.stop()
             await nc.drain()
-
-
-Callback = Callable[[], Awaitable[None]]
-
-
-def _chain(first: Callback | None, second: Callback) -> Callback:
-    async def both() -> None:
-        if first is not None:
-            await first()
-        await second()
-
-    return both
 
 
 class _DeferredRoute(Route):
