@@ -3,6 +3,8 @@ the partition mapping is missing or different, or a stream has an incompatible c
 
 import asyncio
 import json
+import logging
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,9 +15,9 @@ import pytest
 from nats.js.api import StreamConfig
 
 from driftlock.actors.node import Node
-from driftlock.bus.server import ManagedNatsServer, find_nats_server
+from driftlock.bus.server import ManagedNatsServer, find_nats_server, version_warning
 from driftlock.errors import NatsServerError, NatsSetupError
-from driftlock.settings import load_settings
+from driftlock.settings import Settings, load_settings
 from tests.conftest import TEST_PARTITIONS
 
 
@@ -177,3 +179,23 @@ def test_the_nats_server_is_the_operators_choice_then_the_projects_copy_then_pat
     monkeypatch.setenv("DRIFTLOCK_NATS_SERVER", str(tmp_path / "missing"))
     with pytest.raises(NatsServerError, match="is not an executable file"):
         find_nats_server()
+
+
+async def test_the_node_says_which_nats_server_it_runs_on_and_warns_when_it_is_old(
+    node_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    printed = subprocess.run(
+        [find_nats_server(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    version = re.search(r"v(\d+\.\d+\.\d+)", printed)
+    assert version, printed
+    caplog.set_level(logging.INFO, logger="driftlock.node")
+    node = Node(node_settings)
+    await node.start()
+    await node.shutdown()
+    (started,) = [r for r in caplog.records if r.getMessage() == "node started"]
+    assert getattr(started, "nats_server", None) == version.group(1)
+
+    assert version_warning(2, 10) is None and version_warning(3, 0) is None
+    warning = version_warning(2, 9)
+    assert warning and "2.10" in warning and "100,000" in warning

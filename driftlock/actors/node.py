@@ -22,6 +22,7 @@ from driftlock.actors.tuning_watch import TuningWatch
 from driftlock.bus.buckets import key_value
 from driftlock.bus.connection import connect, on_reconnected
 from driftlock.bus.probe import verify_partition_mapping
+from driftlock.bus.server import version_warning
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
 from driftlock.cluster.coordinator import Coordinator, CoordinatorConfig
@@ -136,15 +137,20 @@ class Node:
         )
         await self._queries.start()
         freeze_long_lived()
+        server = nc.connected_server_version
         log.info(
             "node started",
             extra={
                 "node_id": s.node_id,
                 "nats_url": s.nats_url,
+                "nats_server": f"{server.major}.{server.minor}.{server.patch}",
                 "partitions": s.partitions,
                 "metrics_port": self.metrics_port,
             },
         )
+        warning = version_warning(server.major, server.minor)
+        if warning is not None:
+            log.warning(warning)
 
     async def wait_settled(self, timeout_s: float) -> bool:
         """Wait until this node runs all the partitions assigned to it (False on timeout)."""

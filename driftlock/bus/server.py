@@ -31,6 +31,19 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+RECOMMENDED_VERSION = (2, 10)
+
+
+def version_warning(major: int, minor: int) -> str | None:
+    """What to tell an operator whose nats-server is older than DriftLock wants."""
+    if (major, minor) >= RECOMMENDED_VERSION:
+        return None
+    return (
+        f"nats-server {major}.{minor} stalls once DL_EVENTS holds a few hundred thousand "
+        "distinct streams (~100,000 per node); use 2.10 or newer (`make setup` installs it)"
+    )
+
+
 def find_nats_server() -> str:
     """$DRIFTLOCK_NATS_SERVER, else the project's copy beside this Python (`make setup` puts
     Debian 13's 2.10 there), else nats-server on PATH."""
