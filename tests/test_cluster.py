@@ -12,7 +12,7 @@ from driftlock.bus.buckets import key_value
 from driftlock.cluster.coordinator import DutyCycle
 from driftlock.cluster.leases import Leases, LeaseState
 from driftlock.cluster.rendezvous import assignment
-from driftlock.cluster.snapshots import Snapshots
+from driftlock.cluster.snapshots import Snapshots, delta_name
 from driftlock.state import StateStore
 from driftlock.state.store import actor_key
 from tests.conftest import eventually
@@ -150,6 +150,99 @@ async def test_a_snapshot_restores_only_when_it_is_newer(nc: Client, tmp_path: P
         source.close()
         target.close()
         await asyncio.sleep(0)
+
+
+async def test_after_the_base_a_snapshot_carries_only_the_changed_actors(
+    nc: Client, tmp_path: Path
+) -> None:
+    snapshots = Snapshots(nc.jetstream(), "test_snapshots")
+    await snapshots.open()
+    source = StateStore(tmp_path / "source")
+    targets = [StateStore(tmp_path / f"target{i}") for i in range(3)]
+    try:
+        await source.commit(4, {key(i): bytes([i]) * 3000 for i in range(200)}, 500)
+        base = await snapshots.upload(source, 4)
+        at_base = source.export_partition(4)
+        await source.commit(4, {key(3): b"changed" * 400, key(500): b"new" * 1000}, 510)
+        first = await snapshots.upload(source, 4)
+        await source.commit(4, {key(7): b"again" * 500}, 520)
+        second = await snapshots.upload(source, 4)
+        assert (first.last_applied_seq, second.last_applied_seq) == (510, 520)
+        assert first.size * 20 < base.size and second.size * 20 < base.size
+        found = await snapshots.info(4)
+        assert found is not None and found.last_applied_seq == 520
+
+        # base + both deltas: exactly the source, at its sequence
+        assert await snapshots.restore_if_newer(targets[0], 4) == 520
+        assert targets[0].export_partition(4) == source.export_partition(4)
+
+        # a lost delta ends the chain before it: the base alone, replay does the rest
+        await snapshots.store.delete(delta_name(4, 1))
+        found = await snapshots.info(4)
+        assert found is not None and found.last_applied_seq == 500
+        assert await snapshots.restore_if_newer(targets[1], 4) == 500
+        assert targets[1].export_partition(4) == at_base
+
+        # the next owner starts a base of its own; the old chain's delta 2 is ignored
+        other = Snapshots(nc.jetstream(), "test_snapshots")
+        await other.open()
+        await targets[0].commit(4, {key(9): b"x"}, 530)
+        assert (await other.upload(targets[0], 4)).size > base.size / 2
+        assert await snapshots.restore_if_newer(targets[2], 4) == 530
+        assert targets[2].export_partition(4) == targets[0].export_partition(4)
+    finally:
+        for store in (source, *targets):
+            store.close()
+        await asyncio.sleep(0)
+
+
+def key(i: int) -> bytes:
+    return actor_key(4, "t", f"m{i}")
+
+
+async def test_changes_since_an_export_match_the_sequence_read_with_them(
+    tmp_path: Path,
+) -> None:
+    """Exports run in a thread while commits keep landing: base + the deltas so far must be
+    the partition exactly at the last delta's sequence, never a change short of it."""
+
+    def changes(n: int) -> dict[bytes, bytes]:
+        return {key(n % 37): b"%d" % n, key(n % 11 + 100): b"%d" % n}
+
+    def expected_at(seq: int) -> dict[bytes, bytes]:
+        state: dict[bytes, bytes] = {}
+        for n in range(1, seq + 1):
+            state.update({k.split(b"/", 1)[1]: v for k, v in changes(n).items()})
+        return state
+
+    store = StateStore(tmp_path / "state")
+    try:
+        assert store.export_changes(4) is None  # nothing tracked yet
+        seq, records = store.export_partition(4)
+        rebuilt = dict(records)
+        pending = []
+        for n in range(1, 301):
+            pending.append(store.submit(4, changes(n), n))
+            if n % 10 == 0:
+                exported = await asyncio.to_thread(store.export_changes, 4)
+                assert exported is not None
+                seq, delta = exported
+                rebuilt.update(delta)
+                assert rebuilt == expected_at(seq)
+            if n % 50 == 0:  # a new base: the deltas after it follow on from it
+                seq, full = await asyncio.to_thread(store.export_partition, 4)
+                rebuilt = dict(full)
+                assert rebuilt == expected_at(seq)
+        await asyncio.gather(*pending)
+        exported = store.export_changes(4)
+        assert exported is not None
+        rebuilt.update(exported[1])
+        assert exported[0] == 300 and rebuilt == expected_at(300)
+
+        await store.replace_partition(4, [(b"t/z", b"Z")], 400)
+        assert store.export_changes(4) is None  # a restore: changes unknown again
+    finally:
+        store.close()
 
 
 def test_periodic_snapshots_keep_to_their_share_of_the_time() -> None:

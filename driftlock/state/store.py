@@ -8,6 +8,12 @@ All writes go through one writer thread that merges whatever commits are waiting
 transaction (group commit): the event loop never blocks on fsync, and at high load many
 partitions share one fsync.
 
+The store also tracks, per partition, which actors changed since the partition was last
+exported (`export_partition`, `export_changes`): a snapshot after the first is a delta of
+those actors. Taking the set and opening the read transaction happen under the lock the
+writer holds while it commits, so a delta's records are exactly the changes up to the
+sequence it reads.
+
 Reads go through LMDB's memory map, and every page read stays mapped: resident memory of the
 process would grow to the size of the database (16 GB for a million streams) as snapshots
 export partitions and actors come back. Those pages are page cache, not heap, but they count
@@ -33,6 +39,9 @@ from driftlock.state.records import ActorRecord, PartitionMeta, decode_actor, de
 log = logging.getLogger("driftlock.state")
 
 RELEASE_AFTER_BYTES = 256 << 20
+MAX_TRACKED_CHANGES = 200_000
+"""Changed actors remembered per partition; beyond it the next snapshot is a full one (a
+delta that large saves little, and the set would grow with the partition)."""
 MADV_DONTNEED = 4
 
 Puts = dict[bytes, bytes]
@@ -70,6 +79,10 @@ class StateStore:
         self._queue: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
         self._commits = 0
         self._transactions = 0
+        self._changes_lock = threading.Lock()
+        self._changed: dict[int, set[bytes]] = {}
+        """Keys (without the partition prefix) written since the partition's last export;
+        a partition missing here has changes nobody tracked (never exported, restored)."""
         self._writer = threading.Thread(target=self._write_loop, name="lmdb-writer", daemon=True)
         self._writer.start()
 
@@ -108,11 +121,14 @@ class StateStore:
 
     def export_partition(self, partition: int) -> tuple[int, list[tuple[bytes, bytes]]]:
         """The partition's `last_applied_seq` and every actor record (keys without the
-        partition prefix), read in one transaction, so they always belong together."""
+        partition prefix), read in one transaction, so they always belong together. Tracks
+        the partition's changes from here on, for `export_changes`."""
         prefix = partition_prefix(partition)
-        with self._env.begin() as txn:
-            meta = txn.get(prefix, db=self._meta)
-            seq = decode_meta(meta).last_applied_seq if meta is not None else 0
+        with self._changes_lock:
+            txn = self._env.begin()
+            self._changed[partition] = set()
+        try:
+            seq = self._read_seq(txn, partition)
             cursor = txn.cursor(db=self._actors)
             records: list[tuple[bytes, bytes]] = []
             if cursor.set_range(prefix):
@@ -120,8 +136,42 @@ class StateStore:
                     if not key.startswith(prefix):
                         break
                     records.append((bytes(key[len(prefix) :]), bytes(value)))
+        finally:
+            txn.abort()
         self.release_mapped_pages()
         return seq, records
+
+    def export_changes(self, partition: int) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+        """The partition's `last_applied_seq` and the records of the actors changed since
+        its previous export, read in one transaction; None when those changes are unknown
+        (never exported since the store opened, restored since, or too many to track)."""
+        prefix = partition_prefix(partition)
+        with self._changes_lock:
+            keys = self._changed.get(partition)
+            if keys is None:
+                return None
+            txn = self._env.begin()
+            self._changed[partition] = set()
+        try:
+            seq = self._read_seq(txn, partition)
+            records = []
+            for key in sorted(keys):
+                value = txn.get(prefix + key, db=self._actors)
+                if value is not None:  # actors leave only with a restore, which untracks
+                    records.append((key, bytes(value)))
+        finally:
+            txn.abort()
+        self.release_mapped_pages()
+        return seq, records
+
+    def forget_changes(self, partition: int) -> None:
+        """The next export must be a full one (a delta since the last one was lost)."""
+        with self._changes_lock:
+            self._changed.pop(partition, None)
+
+    def _read_seq(self, txn: "lmdb.Transaction", partition: int) -> int:
+        meta = txn.get(partition_prefix(partition), db=self._meta)
+        return decode_meta(bytes(meta)).last_applied_seq if meta is not None else 0
 
     def release_mapped_pages(self) -> int:
         """Unmap the database pages read so far (they stay in the page cache); returns the
@@ -199,13 +249,15 @@ class StateStore:
 
     def _write_group(self, group: list["_Commit"]) -> None:
         try:
-            with self._env.begin(write=True) as txn:
-                for commit in group:
-                    if commit.replace:
-                        _delete_range(txn, self._actors, commit.meta_key)
-                    for key, value in commit.actors.items():
-                        txn.put(key, value, db=self._actors)
-                    txn.put(commit.meta_key, commit.meta, db=self._meta)
+            with self._changes_lock:
+                with self._env.begin(write=True) as txn:
+                    for commit in group:
+                        if commit.replace:
+                            _delete_range(txn, self._actors, commit.meta_key)
+                        for key, value in commit.actors.items():
+                            txn.put(key, value, db=self._actors)
+                        txn.put(commit.meta_key, commit.meta, db=self._meta)
+                self._track(group)
         except Exception as exc:  # surfaces in every waiting worker, which stops cleanly
             for commit in group:
                 commit.loop.call_soon_threadsafe(_fail, commit.done, exc)
@@ -214,6 +266,19 @@ class StateStore:
         self._commits += len(group)
         for commit in group:
             commit.loop.call_soon_threadsafe(_succeed, commit.done)
+
+    def _track(self, group: list["_Commit"]) -> None:
+        """Under the changes lock, right after the group's commit."""
+        for commit in group:
+            partition = int(commit.meta_key[:-1])
+            keys = self._changed.get(partition)
+            if keys is None:
+                continue
+            if commit.replace or len(keys) + len(commit.actors) > MAX_TRACKED_CHANGES:
+                del self._changed[partition]
+                continue
+            cut = len(commit.meta_key)
+            keys.update(key[cut:] for key in commit.actors)
 
 
 @dataclass(slots=True)
