@@ -10,9 +10,7 @@ partitions share one fsync.
 
 The store also tracks, per partition, which actors changed since the partition was last
 exported (`export_partition`, `export_changes`): a snapshot after the first is a delta of
-those actors. Taking the set and opening the read transaction happen under the lock the
-writer holds while it commits, so a delta's records are exactly the changes up to the
-sequence it reads.
+those actors, and holds every change up to the sequence it reads (`_track` says how).
 
 Reads go through LMDB's memory map, and every page read stays mapped: resident memory of the
 process would grow to the size of the database (16 GB for a million streams) as snapshots
@@ -81,6 +79,7 @@ class StateStore:
         self._transactions = 0
         self._changes_lock = threading.Lock()
         self._changed: dict[int, set[bytes]] = {}
+        self._writing: list[_Commit] = []
         """Keys (without the partition prefix) written since the partition's last export;
         a partition missing here has changes nobody tracked (never exported, restored)."""
         self._writer = threading.Thread(target=self._write_loop, name="lmdb-writer", daemon=True)
@@ -126,7 +125,7 @@ class StateStore:
         prefix = partition_prefix(partition)
         with self._changes_lock:
             txn = self._env.begin()
-            self._changed[partition] = set()
+            self._start_tracking(partition)
         try:
             seq = self._read_seq(txn, partition)
             cursor = txn.cursor(db=self._actors)
@@ -151,7 +150,7 @@ class StateStore:
             if keys is None:
                 return None
             txn = self._env.begin()
-            self._changed[partition] = set()
+            self._start_tracking(partition)
         try:
             seq = self._read_seq(txn, partition)
             records = []
@@ -249,7 +248,8 @@ class StateStore:
 
     def _write_group(self, group: list["_Commit"]) -> None:
         try:
-            with self._changes_lock:
+            self._track(group)
+            try:
                 with self._env.begin(write=True) as txn:
                     for commit in group:
                         if commit.replace:
@@ -257,7 +257,8 @@ class StateStore:
                         for key, value in commit.actors.items():
                             txn.put(key, value, db=self._actors)
                         txn.put(commit.meta_key, commit.meta, db=self._meta)
-                self._track(group)
+            finally:
+                self._written()
         except Exception as exc:  # surfaces in every waiting worker, which stops cleanly
             for commit in group:
                 commit.loop.call_soon_threadsafe(_fail, commit.done, exc)
@@ -268,17 +269,50 @@ class StateStore:
             commit.loop.call_soon_threadsafe(_succeed, commit.done)
 
     def _track(self, group: list["_Commit"]) -> None:
-        """Under the changes lock, right after the group's commit."""
-        for commit in group:
-            partition = int(commit.meta_key[:-1])
-            keys = self._changed.get(partition)
-            if keys is None:
+        """Before committing the group: note its keys, and hold it as the one being written
+        until `_written`. The lock is never held while committing (an fsync; the event loop
+        takes the lock too), so an export may come while the group is half done: it reads
+        the group's old or new values, and its fresh set starts with the group's keys
+        (`_fresh_changes`), so the next delta has them whichever it was."""
+        with self._changes_lock:
+            self._writing = group
+            for commit in group:
+                partition = _partition_of(commit)
+                keys = self._changed.get(partition)
+                if keys is None:
+                    continue
+                if commit.replace or len(keys) + len(commit.actors) > MAX_TRACKED_CHANGES:
+                    del self._changed[partition]
+                    continue
+                keys.update(_stripped(commit))
+
+    def _written(self) -> None:
+        with self._changes_lock:
+            for commit in self._writing:
+                if commit.replace:  # an export during the restore must not track it
+                    self._changed.pop(_partition_of(commit), None)
+            self._writing = []
+
+    def _start_tracking(self, partition: int) -> None:
+        """Under the changes lock, as an export opens its read transaction."""
+        keys: set[bytes] = set()
+        for commit in self._writing:
+            if _partition_of(commit) != partition:
                 continue
-            if commit.replace or len(keys) + len(commit.actors) > MAX_TRACKED_CHANGES:
-                del self._changed[partition]
-                continue
-            cut = len(commit.meta_key)
-            keys.update(key[cut:] for key in commit.actors)
+            if commit.replace:
+                self._changed.pop(partition, None)
+                return
+            keys.update(_stripped(commit))
+        self._changed[partition] = keys
+
+
+def _partition_of(commit: "_Commit") -> int:
+    return int(commit.meta_key[:-1])
+
+
+def _stripped(commit: "_Commit") -> Iterator[bytes]:
+    cut = len(commit.meta_key)
+    return (key[cut:] for key in commit.actors)
 
 
 @dataclass(slots=True)
