@@ -62,6 +62,30 @@ def learned_scores(
     return raw, model.tobytes() if model is not stored else state.centroids
 
 
+def retrains(count: int, n: int) -> bool:
+    """Whether a batch of n points after `count` reaches a retraining boundary (as
+    `learned_scores` counts them)."""
+    return ((-count) % RETRAIN or RETRAIN) <= n
+
+
+@jit
+def stored_model_scores(
+    stored_model: bytes, series: FloatArray, n: int, scale: FloatArray
+) -> FloatArray:
+    """`learned_scores`' raw scores for a batch that reaches no retraining boundary: every
+    point scored by the stored model (compiled, for the ensemble's one-call path)."""
+    raw = np.empty(n)
+    raw.fill(np.nan)
+    model = np.frombuffer(stored_model, dtype=np.float64)
+    if len(series) <= DIMS or not len(model):
+        return raw
+    first_row = len(series) - n - DIMS
+    lo = max(0, -first_row)
+    if lo < n:
+        raw[lo:] = _distance(model, series, first_row + lo, scale[lo:])
+    return raw
+
+
 def _vectors(series: FloatArray) -> FloatArray:
     """Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy)."""
     steps = np.diff(series)

@@ -29,7 +29,7 @@ def weekly_scores(
 ) -> tuple[FloatArray, dict[str, object]]:
     """Raw scores (how far outside last week's envelope, in units of `scale`, the daily
     profile's width; NaN where last week holds nothing) and the fields to store."""
-    score, day, lo, hi, envelope, today = _week(
+    score, day, lo, hi, envelope, today = week_kernel(
         ts,
         values,
         scale,
@@ -49,7 +49,7 @@ def weekly_scores(
 
 
 @jit
-def _week(
+def week_kernel(
     ts: FloatArray,
     values: FloatArray,
     scale: FloatArray,
