@@ -589,13 +589,17 @@ def _combine(
         # The largest combined surprise in the refractory period: at most `refractory`
         # points back, and only as far as `refractory_seconds` (an unknown time: no limit).
         # The level drift's part holds back only a point the level drift is surprised at.
-        held = series if surprise[DRIFT, j] > 0.0 else fast
-        p, recent = h + j, 0.0
-        i = p - 1
-        while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
-            recent = max(recent, held[i])
-            i -= 1
-        excess = max(0.0, combined[j] - ESCALATION * recent)
+        # (Surprises are never negative: a point with none has no excess, whatever came
+        # before it, and most points have none.)
+        excess = 0.0
+        if combined[j] > 0.0:
+            held = series if surprise[DRIFT, j] > 0.0 else fast
+            p, recent = h + j, 0.0
+            i = p - 1
+            while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
+                recent = max(recent, held[i])
+                i -= 1
+            excess = max(0.0, combined[j] - ESCALATION * recent)
         if missing[j] or flat[j]:
             # A rule (flatline, missing data) fires on records only: it is never held back.
             excess = max(excess, RULE_SURPRISE)
