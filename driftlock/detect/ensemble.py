@@ -40,7 +40,7 @@ from driftlock.detect.calibrate import Calibrator, stored_surprise
 from driftlock.detect.config import DetectorConfig
 from driftlock.detect.drift import HISTORY, drift_kernel
 from driftlock.detect.jit import jit
-from driftlock.detect.learned import learned_scores, retrains, stored_model_scores
+from driftlock.detect.learned import learned_scores, trained_scores, trains_first
 from driftlock.detect.robust import SHORT, robust_rows
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.rules import BoolArray, both_checks, flatline
@@ -179,9 +179,9 @@ class Detector:
             cfg.refractory,
             cfg.refractory_seconds,
         )
-        if retrains(state.count, n):
-            # The learned model retrains within the batch (every RETRAIN points): the scores
-            # before and after, between two compiled calls.
+        if trains_first(state, n):
+            # The learned model's first training (in Python: it ranks vectors by norm as
+            # numpy does), between two compiled calls.
             f = _Front._make(_front(*before))
             rows = f.rows
             f.raw[SHAPE], centroids = learned_scores(state, f.series, n, rows[robust.SCALE])
@@ -198,10 +198,10 @@ class Detector:
                 )
             )
         else:
-            # The usual call: the stored model scores the batch, and it is all one compiled call.
-            front, back = _whole(before, state.centroids, after)
+            # The usual call, retraining included: all one compiled call.
+            front, back, model, retrained = _whole(before, state.centroids, after)
             f, c = _Front._make(front), _Combined._make(back)
-            centroids = state.centroids
+            centroids = model.tobytes() if retrained else state.centroids
         score, lower, upper, surprise = c.score, c.lower, c.upper, c.surprise
         anomalies = np.flatnonzero(score >= cfg.threshold)
         kinds, agreed = [], []
@@ -531,16 +531,19 @@ def _back(
 @jit
 def _whole(
     before: tuple[Any, ...], centroids: bytes, after: tuple[Any, ...]
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """`_front`, the stored learned model's scores and `_back` in one compiled call, for a
-    batch in which the learned model does not retrain."""
+) -> tuple[tuple[Any, ...], tuple[Any, ...], FloatArray, bool]:
+    """`_front`, the learned model (retrained at its boundaries) and `_back` in one compiled
+    call, for a batch that does not train the first model; also the model and whether it
+    was retrained."""
     f = _front(*before)
     series, raw, scored, missing, flat, rows = f[0], f[1], f[2], f[3], f[4], f[5]
-    raw[SHAPE] = stored_model_scores(centroids, series, len(before[0]), rows[robust.SCALE])
+    raw[SHAPE], model, retrained = trained_scores(
+        centroids, series, len(before[0]), rows[robust.SCALE], before[3]
+    )
     b = _back(
         raw, scored, missing, flat, before[1], rows[robust.MEDIAN], rows[robust.SCALE], *after
     )
-    return f, b
+    return f, b, model, retrained
 
 
 @jit
