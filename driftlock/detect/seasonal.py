@@ -14,7 +14,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.daytable import F32Array, load_table, record
+from driftlock.detect.daytable import F32Array, load_table, record, stored_rows
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 
@@ -64,6 +64,7 @@ def season(
     score, lower, upper, scale, envelope, today, reach, width = _scores(
         ts, values, interval, day, lo, hi, envelope, today, reach, width, days
     )
+    day, lo, hi = stored_rows(day, lo, hi)
     return score, lower, upper, scale, day, lo, hi, envelope, today, reach, width
 
 

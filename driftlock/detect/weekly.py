@@ -12,7 +12,7 @@ earlier days, so the result does not depend on how the batch was cut.
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.daytable import F32Array, load_table, record
+from driftlock.detect.daytable import F32Array, load_table, record, stored_rows
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState
@@ -67,6 +67,7 @@ def week_kernel(
     else:
         envelope = _envelope(day, lo, hi, today)
     score, envelope, today = _scores(ts, values, scale, day, lo, hi, envelope, today)
+    day, lo, hi = stored_rows(day, lo, hi)
     return score, day, lo, hi, envelope, today
 
 
