@@ -1,14 +1,21 @@
 """The detector ensemble: batch invariance, what it flags and how, calibration, refractory
 period, seasonal profile, rules, warm-up, serialisable and bounded state."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from driftlock.detect import DETECTORS, Detections, Detector, DetectorConfig, DetectorState
+from driftlock.detect import (
+    DETECTORS,
+    Detections,
+    Detector,
+    DetectorConfig,
+    DetectorState,
+    ensemble,
+)
 from driftlock.detect.calibrate import EPOCH, MIN_HISTORY
 from driftlock.detect.drift import RING
 from driftlock.detect.ensemble import DRIFT, LEVEL, SEASONAL, _combine
@@ -529,6 +536,22 @@ def test_a_state_with_whole_tables_runs_as_its_stored_rows() -> None:
         assert_same(
             run(x[cut:], ts=ts[cut:], state=old), run(x[cut:], ts=ts[cut:], state=first.state)
         )
+
+
+def test_int_scalars_do_not_compile_the_call_again() -> None:
+    """A state or config built in Python with ints where floats are stored runs the same
+    compiled call (a second version would compile for a minute in the middle of a batch)."""
+    x, ts = noise(20, 1000), minutes(1000)
+    state = run(x[:900], ts=ts[:900]).state
+    Detector().detect(state, x[900:], ts[900:])
+    whole: Any = ensemble._whole  # the numba dispatcher
+    compiled = len(whole.signatures)
+    ints = msgspec.structs.replace(
+        state, last_ts=int(ts[899]), gap_record=int(state.gap_record), season_width=7
+    )
+    detector = Detector(DetectorConfig(refractory_seconds=86_400, quantile=0.999))
+    detector.detect(ints, x[900:], ts[900:])
+    assert len(whole.signatures) == compiled
 
 
 def test_cusum_is_stored_in_integer_fixed_point() -> None:

@@ -132,6 +132,8 @@ class Detector:
             empty = np.empty(0)
             return state, Detections(empty, empty, empty, np.empty(0, np.intp), [], [])
         timed = ts is not None
+        # Scalars as the compiled call was compiled for (float(): a state or config built in
+        # Python with an int there must not compile a second version of it mid-batch).
         times = np.asarray(ts, dtype=np.float64) if ts is not None else _nans(n)
         before = (
             values,
@@ -144,16 +146,16 @@ class Detector:
             state.values,
             state.flat_run,
             state.flat_record,
-            np.nan if state.last_ts is None else state.last_ts,
+            np.nan if state.last_ts is None else float(state.last_ts),
             state.gaps,
-            state.gap_record,
+            float(state.gap_record),
             state.season_day,
             state.season_lo,
             state.season_hi,
             state.envelope,
             state.season_today,
             state.season_reach,
-            state.season_width,
+            float(state.season_width),
             state.week_day,
             state.week_lo,
             state.week_hi,
@@ -170,14 +172,14 @@ class Detector:
             state.count,
             *cal.stored(state),
             reference_shift(sensitivity),
-            cal.quantile,
+            float(cal.quantile),
             cal.floors,
             cal.priors,
             state.surprise,
             state.surprise_fast,
             state.surprise_ts,
             cfg.refractory,
-            cfg.refractory_seconds,
+            float(cfg.refractory_seconds),
         )
         if trains_first(state, n):
             # The learned model's first training (in Python: it ranks vectors by norm as
