@@ -1,14 +1,21 @@
 """The detector ensemble: batch invariance, what it flags and how, calibration, refractory
 period, seasonal profile, rules, warm-up, serialisable and bounded state."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from driftlock.detect import DETECTORS, Detections, Detector, DetectorConfig, DetectorState
+from driftlock.detect import (
+    DETECTORS,
+    Detections,
+    Detector,
+    DetectorConfig,
+    DetectorState,
+    ensemble,
+)
 from driftlock.detect.calibrate import EPOCH, MIN_HISTORY
 from driftlock.detect.drift import RING
 from driftlock.detect.ensemble import DRIFT, LEVEL, SEASONAL, _combine
@@ -487,6 +494,64 @@ def test_a_state_without_the_fast_surprises_still_runs() -> None:
     assert len(found.state.surprise_fast) == len(found.state.surprise)
     stand_in = msgspec.structs.replace(first.state, surprise_fast=first.state.surprise)
     assert_same(run(x[3000:], ts=ts[3000:], state=stand_in), found)
+
+
+def _whole_table(day: bytes, lo: bytes, hi: bytes, rows: int) -> tuple[bytes, bytes, bytes]:
+    """A table as states before stored only rows in use were written: every row, in its
+    place (day % rows), empty ones marked -1."""
+    days = np.frombuffer(day, dtype=np.int64)
+    slots = len(lo) // 4 // max(1, len(days))
+    full_day = np.full(rows, -1, dtype=np.int64)
+    full_lo = np.full((rows, slots), np.inf, dtype=np.float32)
+    full_hi = np.full((rows, slots), -np.inf, dtype=np.float32)
+    for i, d in enumerate(days):
+        full_day[d % rows] = d
+        full_lo[d % rows] = np.frombuffer(lo, dtype=np.float32)[i * slots : (i + 1) * slots]
+        full_hi[d % rows] = np.frombuffer(hi, dtype=np.float32)[i * slots : (i + 1) * slots]
+    return full_day.tobytes(), full_lo.tobytes(), full_hi.tobytes()
+
+
+def test_a_state_with_whole_tables_runs_as_its_stored_rows() -> None:
+    """States keep only the profile tables' rows that hold a day (a young stream's state is a
+    third as large); a state from before, which stored every row, carries on identically."""
+    x, ts = eventful_series(19, 4000)
+    one = run(x[:1], ts=ts[:1]).state
+    assert len(one.season_lo) == 4 * SLOTS_PER_DAY
+    assert len(msgspec.msgpack.encode(one)) < 8_000
+    for cut in (1, 150, 700, 3000):
+        first = run(x[:cut], ts=ts[:cut])
+        season = _whole_table(
+            first.state.season_day, first.state.season_lo, first.state.season_hi, 4
+        )
+        week = _whole_table(first.state.week_day, first.state.week_lo, first.state.week_hi, 8)
+        old = msgspec.structs.replace(
+            first.state,
+            season_day=season[0],
+            season_lo=season[1],
+            season_hi=season[2],
+            week_day=week[0],
+            week_lo=week[1],
+            week_hi=week[2],
+        )
+        assert_same(
+            run(x[cut:], ts=ts[cut:], state=old), run(x[cut:], ts=ts[cut:], state=first.state)
+        )
+
+
+def test_int_scalars_do_not_compile_the_call_again() -> None:
+    """A state or config built in Python with ints where floats are stored runs the same
+    compiled call (a second version would compile for a minute in the middle of a batch)."""
+    x, ts = noise(20, 1000), minutes(1000)
+    state = run(x[:900], ts=ts[:900]).state
+    Detector().detect(state, x[900:], ts[900:])
+    whole: Any = ensemble._whole  # the numba dispatcher
+    compiled = len(whole.signatures)
+    ints = msgspec.structs.replace(
+        state, last_ts=int(ts[899]), gap_record=int(state.gap_record), season_width=7
+    )
+    detector = Detector(DetectorConfig(refractory_seconds=86_400, quantile=0.999))
+    detector.detect(ints, x[900:], ts[900:])
+    assert len(whole.signatures) == compiled
 
 
 def test_cusum_is_stored_in_integer_fixed_point() -> None:

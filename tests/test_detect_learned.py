@@ -14,6 +14,7 @@ from driftlock.detect.learned import (
     _squared,
     _vectors,
     learned_scores,
+    trained_scores,
 )
 from driftlock.detect.state import floats
 
@@ -56,6 +57,24 @@ def test_same_scores_and_model_however_batched() -> None:
     cut, cut_model = _scores(x, [1, 127, 200, 3, 300, 369])
     assert whole.tobytes() == cut.tobytes()
     assert model == cut_model
+
+
+def test_compiled_retraining_is_learned_scores() -> None:
+    """The ensemble's compiled path (every training but the first) gives learned_scores'
+    scores and model bit for bit, across one and several retraining boundaries."""
+    rng = np.random.default_rng(5)
+    x = np.sin(np.arange(3000) / 15.0) * 5 + rng.normal(0.0, 1.0, 3000)
+    _, model = _scores(x[:700], [700])
+    assert model
+    for count, size in ((700, 100), (1000, 24), (1000, 1), (1023, 1), (1100, 1300), (900, 5)):
+        state = DetectorState(count=count, centroids=model)
+        series = x[: count + size]
+        scale = rng.uniform(0.5, 2.0, size)
+        raw, stored = learned_scores(state, series, size, scale)
+        compiled, trained, retrained = trained_scores(model, series, size, scale, count)
+        assert raw.tobytes() == compiled.tobytes()
+        assert stored == (trained.tobytes() if retrained else model)
+        assert retrained == (stored != model)
 
 
 def test_a_new_shape_inside_the_normal_range_scores_high() -> None:

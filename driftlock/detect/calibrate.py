@@ -48,34 +48,12 @@ class Calibrator:
         self.floors, self.priors = floors, priors
         self.detectors = len(floors)
 
-    def surprise(
-        self,
-        state: DetectorState,
-        raw: FloatArray,
-        scored: npt.NDArray[np.bool_],
-        shift: float = 0.0,
-    ) -> tuple[FloatArray, FloatArray, bytes, bytes]:
-        """Surprise [detector, point] for a batch of raw scores [detector, point] (NaN where a
-        detector has nothing to say, e.g. the seasonal profile before its first day), and the
-        reference each point was measured against; `scored` marks the points past the warm-up.
-        Only scored points a detector had a say on are learned from; `shift` lowers every
-        reference by that many octaves (the sensitivity). Also returns the histogram and
-        references to store."""
+    def stored(self, state: DetectorState) -> tuple[bytes, bytes]:
+        """The state's histogram and references as `stored_surprise` reads them: the stored
+        bytes themselves in the usual case, every row stored; otherwise completed."""
         size = self.detectors * BINS
         if len(state.hist) == 4 * size and len(state.refs) == 8 * self.detectors:
-            # The usual case, every row stored: decoded in the compiled call, nothing to fill in.
-            surprise, at, hist, refs = _stored_surprise(
-                raw,
-                scored,
-                state.count,
-                state.hist,
-                state.refs,
-                shift,
-                self.quantile,
-                self.floors,
-                self.priors,
-            )
-            return surprise, at, hist.tobytes(), refs.tobytes()
+            return state.hist, state.refs
         hist = np.zeros(size, dtype=np.int32)
         refs = _references(hist, self.quantile, self.floors, self.priors)
         # A state from before a detector was added holds the others' rows (a prefix): the new
@@ -85,14 +63,11 @@ class Calibrator:
         if len(known):
             old_refs = floats(state.refs)[: len(refs)]
             refs[: len(old_refs)] = old_refs
-        surprise, at = _surprise(
-            raw, scored, state.count, hist, refs, shift, self.quantile, self.floors, self.priors
-        )
-        return surprise, at, hist.tobytes(), refs.tobytes()
+        return hist.tobytes(), refs.tobytes()
 
 
 @jit
-def _stored_surprise(
+def stored_surprise(
     raw: FloatArray,
     scored: npt.NDArray[np.bool_],
     count: int,
@@ -103,8 +78,12 @@ def _stored_surprise(
     floors: FloatArray,
     priors: FloatArray,
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int32], FloatArray]:
-    """`_surprise` on writable copies of a complete stored histogram and references; returns
-    them too."""
+    """Surprise [detector, point] for a batch of raw scores [detector, point] (NaN where a
+    detector has nothing to say, e.g. the seasonal profile before its first day), and the
+    reference each point was measured against; `scored` marks the points past the warm-up.
+    Only scored points a detector had a say on are learned from; `shift` lowers every
+    reference by that many octaves (the sensitivity). Reads writable copies of the stored
+    histogram and references (see `Calibrator.stored`) and returns them updated, to store."""
     hist = np.frombuffer(stored_hist, dtype=np.int32).copy()
     refs = np.frombuffer(stored_refs, dtype=np.float64).copy()
     surprise, at = _surprise(raw, scored, count, hist, refs, shift, quantile, floors, priors)

@@ -16,19 +16,51 @@ def load_table(
     day: bytes, lo: bytes, hi: bytes, rows: int, slots: int
 ) -> tuple[DayArray, F32Array, F32Array]:
     """A writable copy of the stored table (day number of each row, then the lowest and highest
-    value of each slot, float32 [rows, slots]), or an empty one when none of this shape is
-    stored. Compiled, so that a profile decodes its table in the same call that scores."""
-    if len(day) == 8 * rows:
-        return (
-            np.frombuffer(day, dtype=np.int64).copy(),
-            np.frombuffer(lo, dtype=np.float32).copy().reshape(rows, slots),
-            np.frombuffer(hi, dtype=np.float32).copy().reshape(rows, slots),
-        )
-    return (
-        np.full(rows, -1, dtype=np.int64),
-        np.full((rows, slots), np.inf, dtype=np.float32),
-        np.full((rows, slots), -np.inf, dtype=np.float32),
-    )
+    value of each slot, float32 [rows, slots]). Only rows holding a day are stored (see
+    `stored_rows`), each back in its place, day % rows; a table stored whole, as states from
+    before kept it, has the same rows and empty ones (day -1), which stay empty. A table of
+    another shape is not read: an empty one instead. Compiled, so that a profile decodes its
+    table in the same call that scores."""
+    table_day = np.full(rows, -1, dtype=np.int64)
+    table_lo = np.full((rows, slots), np.inf, dtype=np.float32)
+    table_hi = np.full((rows, slots), -np.inf, dtype=np.float32)
+    k = len(day) // 8
+    if len(day) != 8 * k or k > rows or len(lo) != 4 * k * slots or len(hi) != len(lo):
+        return table_day, table_lo, table_hi
+    days = np.frombuffer(day, dtype=np.int64)
+    lows = np.frombuffer(lo, dtype=np.float32).reshape(k, slots)
+    highs = np.frombuffer(hi, dtype=np.float32).reshape(k, slots)
+    for i in range(k):
+        d = days[i]
+        row = d % rows
+        if d > table_day[row]:  # an empty row (-1) stays empty
+            table_day[row] = d
+            table_lo[row] = lows[i]
+            table_hi[row] = highs[i]
+    return table_day, table_lo, table_hi
+
+
+@jit
+def stored_rows(
+    table_day: DayArray, table_lo: F32Array, table_hi: F32Array
+) -> tuple[DayArray, F32Array, F32Array]:
+    """The rows of the table that hold a day, in order, to store: a young stream's state does
+    not carry the days it has not seen yet (most of the table)."""
+    held = 0
+    for d in table_day:
+        held += d != -1
+    slots = table_lo.shape[1]
+    day = np.empty(held, dtype=np.int64)
+    lo = np.empty((held, slots), dtype=np.float32)
+    hi = np.empty((held, slots), dtype=np.float32)
+    k = 0
+    for row in range(len(table_day)):
+        if table_day[row] != -1:
+            day[k] = table_day[row]
+            lo[k] = table_lo[row]
+            hi[k] = table_hi[row]
+            k += 1
+    return day, lo, hi
 
 
 @jit

@@ -41,7 +41,7 @@ def drift_scores(
     """Raw scores for the last n entries of `series` (history + batch; the history holds at
     least HISTORY - 1 values unless it is the whole stream) and the ring to store."""
     old_ring = np.frombuffer(state.drift_ring, dtype=np.float32).astype(np.float64)
-    raw, ring = _drift_kernel(series, n, state.count, old_ring)
+    raw, ring = drift_kernel(series, n, state.count, old_ring)
     return raw, {"drift_ring": ring.astype(np.float32).tobytes()}
 
 
@@ -57,7 +57,7 @@ def _spread(ring: FloatArray, held: FloatArray) -> tuple[float, float]:
 
 
 @jit
-def _drift_kernel(
+def drift_kernel(
     series: FloatArray, n: int, count: int, old_ring: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
     h = len(series) - n

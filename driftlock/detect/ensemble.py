@@ -29,29 +29,30 @@ the stream is batched.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.calibrate import Calibrator
+from driftlock.detect import robust
+from driftlock.detect.calibrate import Calibrator, stored_surprise
 from driftlock.detect.config import DetectorConfig
-from driftlock.detect.drift import HISTORY, drift_scores
+from driftlock.detect.drift import HISTORY, drift_kernel
 from driftlock.detect.jit import jit
-from driftlock.detect.learned import learned_scores
-from driftlock.detect.robust import SHORT, RobustScores, robust_scores
-from driftlock.detect.rolling import FloatArray, extend
-from driftlock.detect.rules import RuleFlags, check_rules
-from driftlock.detect.seasonal import seasonal_scores
-from driftlock.detect.state import DetectorState, floats, tail
+from driftlock.detect.learned import learned_scores, trained_scores, trains_first
+from driftlock.detect.robust import SHORT, robust_rows
+from driftlock.detect.rolling import FloatArray
+from driftlock.detect.rules import BoolArray, both_checks, flatline
+from driftlock.detect.seasonal import season
+from driftlock.detect.state import DetectorState
 from driftlock.detect.tuning import (
     DEFAULT_SENSITIVITY,
     DEFAULT_TUNING,
     StreamTuning,
     reference_shift,
 )
-from driftlock.detect.weekly import weekly_scores
+from driftlock.detect.weekly import week_kernel
 from driftlock.wire.messages import AnomalyKind
 
 IntArray = npt.NDArray[np.intp]
@@ -124,94 +125,427 @@ class Detector:
         """Score a batch of points in stream order; `ts` (epoch seconds) drives the seasonal
         profile and the missing-data check, which are off without it. `sensitivity` in [0, 1]
         (see `driftlock.detect.tuning`)."""
-        cfg = self.config
+        cfg, cal = self.config, self._calibrator
         values = np.asarray(values, dtype=np.float64)
         n = len(values)
         if n == 0:
             empty = np.empty(0)
             return state, Detections(empty, empty, empty, np.empty(0, np.intp), [], [])
-        if ts is not None:
-            ts = np.asarray(ts, dtype=np.float64)
-
-        scored = state.count + np.arange(n) >= cfg.warmup
-        rules, rule_fields = check_rules(state, ts, values, cfg.warmup)
-        season_fields: dict[str, object] = {}
-        envelope_lo = envelope_hi = seasonal = _nans(n)
-        if ts is not None:
-            found, season_fields = seasonal_scores(
-                state, ts, values, rules.interval, cfg.season_days
-            )
-            weekly, week_fields = weekly_scores(state, ts, values, found.scale)
-            season_fields.update(week_fields)
-            # A point either profile explains is explained: the same time yesterday, or the
-            # same time on the same weekday a week ago.
-            seasonal = np.fmin(found.score, weekly)
-            envelope_lo, envelope_hi = found.lower, found.upper
-        # What the seasonal profile explains is no deviation for the change-point detector.
-        counted = scored & ~(seasonal == 0.0)
-        history = extend(floats(state.values), values)
-        robust, robust_fields = robust_scores(state, history, n, cfg.window, counted)
-        shape, centroids = learned_scores(state, history, n, robust.scale)
-        drift, drift_fields = drift_scores(state, history, n)
-        # The level drift may read further back than the rolling window.
-        robust_fields["values"] = tail(history, max(cfg.window + SHORT, HISTORY))
-        raw = np.empty((len(DETECTORS), n))
-        raw[LEVEL], raw[SEASONAL], raw[CHANGE], raw[VOLATILITY], raw[SHAPE], raw[DRIFT] = (
-            robust.level,
-            seasonal,
-            robust.shift,
-            robust.volatility,
-            shape,
-            drift,
+        timed = ts is not None
+        # Scalars as the compiled call was compiled for (float(): a state or config built in
+        # Python with an int there must not compile a second version of it mid-batch).
+        times = np.asarray(ts, dtype=np.float64) if ts is not None else _nans(n)
+        before = (
+            values,
+            times,
+            timed,
+            state.count,
+            cfg.warmup,
+            cfg.window,
+            cfg.season_days,
+            state.values,
+            state.flat_run,
+            state.flat_record,
+            np.nan if state.last_ts is None else float(state.last_ts),
+            state.gaps,
+            float(state.gap_record),
+            state.season_day,
+            state.season_lo,
+            state.season_hi,
+            state.envelope,
+            state.season_today,
+            state.season_reach,
+            float(state.season_width),
+            state.week_day,
+            state.week_lo,
+            state.week_hi,
+            state.week_envelope,
+            state.week_today,
+            state.diffs,
+            state.devs,
+            state.scales,
+            state.cusum_up,
+            state.cusum_down,
+            state.drift_ring,
         )
-        surprise, refs, hist, last_refs = self._calibrator.surprise(
-            state, raw, scored, reference_shift(sensitivity)
-        )
-        old_surprise = floats(state.surprise)
-        score, lower, upper, recent, recent_fast, recent_ts = _combine(
-            surprise,
-            rules.missing,
-            rules.flat,
-            scored,
-            old_surprise,
-            _fast_surprise(state.surprise_fast, old_surprise),
-            _surprise_times(state.surprise_ts, len(old_surprise)),
-            _nans(n) if ts is None else ts,
+        after = (
+            state.count,
+            *cal.stored(state),
+            reference_shift(sensitivity),
+            float(cal.quantile),
+            cal.floors,
+            cal.priors,
+            state.surprise,
+            state.surprise_fast,
+            state.surprise_ts,
             cfg.refractory,
-            cfg.refractory_seconds,
-            robust.median,
-            robust.scale,
-            refs[LEVEL],
+            float(cfg.refractory_seconds),
         )
+        if trains_first(state, n):
+            # The learned model's first training (in Python: it ranks vectors by norm as
+            # numpy does), between two compiled calls.
+            f = _Front._make(_front(*before))
+            rows = f.rows
+            f.raw[SHAPE], centroids = learned_scores(state, f.series, n, rows[robust.SCALE])
+            c = _Combined._make(
+                _back(
+                    f.raw,
+                    f.scored,
+                    f.missing,
+                    f.flat,
+                    times,
+                    rows[robust.MEDIAN],
+                    rows[robust.SCALE],
+                    *after,
+                )
+            )
+        else:
+            # The usual call, retraining included: all one compiled call.
+            front, back, model, retrained = _whole(before, state.centroids, after)
+            f, c = _Front._make(front), _Combined._make(back)
+            centroids = model.tobytes() if retrained else state.centroids
+        score, lower, upper, surprise = c.score, c.lower, c.upper, c.surprise
         anomalies = np.flatnonzero(score >= cfg.threshold)
         kinds, agreed = [], []
         for j in anomalies:
             votes = surprise[:, j]
-            kinds.append(_kind(int(j), votes, values, robust, rules))
+            kinds.append(_kind(int(j), votes, values, f.rows, f.missing, f.flat))
             agreed.append(
                 [name for name, v in zip(DETECTORS, votes, strict=True) if v > 0]
-                + (["missing_data"] if rules.missing[j] else [])
-                + (["flatline"] if rules.flat[j] else [])
+                + (["missing_data"] if f.missing[j] else [])
+                + (["flatline"] if f.flat[j] else [])
             )
-            if int(np.argmax(votes)) == SEASONAL and np.isfinite(envelope_lo[j]):
-                lower[j], upper[j] = envelope_lo[j], envelope_hi[j]
+            if int(np.argmax(votes)) == SEASONAL and np.isfinite(f.envelope_lo[j]):
+                lower[j], upper[j] = f.envelope_lo[j], f.envelope_hi[j]
 
         # Fields a part did not touch (the seasonal table and gaps without timestamps) stay.
+        fields: dict[str, object] = {}
+        if timed:
+            fields.update(
+                gaps=f.gaps.tobytes(),
+                last_ts=float(times[-1]),
+                gap_record=f.gap_record,
+                season_today=f.season_today,
+                season_reach=f.season_reach,
+                season_width=f.season_width,
+                season_day=f.season_day.tobytes(),
+                season_lo=f.season_lo.tobytes(),
+                season_hi=f.season_hi.tobytes(),
+                envelope=f.envelope.tobytes(),
+                week_today=f.week_today,
+                week_day=f.week_day.tobytes(),
+                week_lo=f.week_lo.tobytes(),
+                week_hi=f.week_hi.tobytes(),
+                week_envelope=f.week_envelope.tobytes(),
+            )
         new_state = msgspec.structs.replace(
             state,
             count=state.count + n,
-            hist=hist,
-            refs=last_refs,
-            surprise=recent.tobytes(),
-            surprise_fast=recent_fast.tobytes(),
-            surprise_ts=recent_ts.tobytes(),
+            values=f.kept.tobytes(),
+            flat_run=f.flat_run,
+            flat_record=f.flat_record,
+            diffs=f.diffs.tobytes(),
+            devs=f.devs.tobytes(),
+            scales=f.scales.tobytes(),
+            cusum_up=f.cusum_up,
+            cusum_down=f.cusum_down,
+            drift_ring=f.drift_ring.tobytes(),
             centroids=centroids,
-            **robust_fields,
-            **rule_fields,
-            **season_fields,
-            **drift_fields,
+            hist=c.hist.tobytes(),
+            refs=c.refs.tobytes(),
+            surprise=c.recent.tobytes(),
+            surprise_fast=c.recent_fast.tobytes(),
+            surprise_ts=c.recent_ts.tobytes(),
+            **fields,
         )
         return new_state, Detections(score, lower, upper, anomalies, kinds, agreed)
+
+
+class _Front(NamedTuple):
+    """What `_front` hands back: the series (stored values, then the batch), the raw scores
+    [detector, point] (the learned model's still NaN), which points are scored, the rules'
+    flags, the robust rows (see `robust.LEVEL` ...), the seasonal envelopes, and the fields to
+    store (the timestamp-driven ones empty without timestamps)."""
+
+    series: FloatArray
+    raw: FloatArray
+    scored: BoolArray
+    missing: BoolArray
+    flat: BoolArray
+    rows: FloatArray
+    envelope_lo: FloatArray
+    envelope_hi: FloatArray
+    kept: FloatArray
+    flat_run: int
+    flat_record: int
+    gaps: FloatArray
+    gap_record: float
+    season_day: npt.NDArray[np.int64]
+    season_lo: npt.NDArray[np.float32]
+    season_hi: npt.NDArray[np.float32]
+    envelope: npt.NDArray[np.float32]
+    season_today: int
+    season_reach: int
+    season_width: float
+    week_day: npt.NDArray[np.int64]
+    week_lo: npt.NDArray[np.float32]
+    week_hi: npt.NDArray[np.float32]
+    week_envelope: npt.NDArray[np.float32]
+    week_today: int
+    diffs: FloatArray
+    devs: FloatArray
+    scales: FloatArray
+    cusum_up: int
+    cusum_down: int
+    drift_ring: npt.NDArray[np.float32]
+
+
+class _Combined(NamedTuple):
+    """What `_back` hands back: the surprises [detector, point], the calibration to store,
+    the score and band, and the refractory period's surprises and times to store."""
+
+    surprise: FloatArray
+    hist: npt.NDArray[np.int32]
+    refs: FloatArray
+    score: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+    recent: FloatArray
+    recent_fast: FloatArray
+    recent_ts: FloatArray
+
+
+@jit
+def _front(
+    values: FloatArray,
+    ts: FloatArray,
+    timed: bool,
+    count: int,
+    warmup: int,
+    window: int,
+    days: int,
+    stored_values: bytes,
+    flat_run: int,
+    flat_record: int,
+    last_ts: float,
+    stored_gaps: bytes,
+    gap_record: float,
+    season_day: bytes,
+    season_lo: bytes,
+    season_hi: bytes,
+    season_envelope: bytes,
+    season_today: int,
+    season_reach: int,
+    season_width: float,
+    week_day: bytes,
+    week_lo: bytes,
+    week_hi: bytes,
+    week_envelope: bytes,
+    week_today: int,
+    stored_diffs: bytes,
+    stored_devs: bytes,
+    stored_scales: bytes,
+    cusum_up: int,
+    cusum_down: int,
+    stored_ring: bytes,
+) -> tuple[Any, ...]:  # see _Front
+    """Every detector but the learned model, the rules and the seasonal profiles (those only
+    with timestamps) in one compiled call, reading the stored fields from the state's bytes;
+    see `_Front`."""
+    n = len(values)
+    old = np.frombuffer(stored_values, dtype=np.float64)
+    series = np.empty(len(old) + n)
+    series[: len(old)] = old
+    series[len(old) :] = values
+    last = old[-1] if len(old) and count else np.nan
+    scored = np.empty(n, dtype=np.bool_)
+    for j in range(n):
+        scored[j] = count + j >= warmup
+    no_table = np.empty((0, 0), dtype=np.float32)
+    if timed:
+        flat, flat_run, flat_record, missing, interval, _, gaps, gap_record = both_checks(
+            values,
+            last,
+            flat_run,
+            flat_record,
+            ts,
+            last_ts,
+            stored_gaps,
+            gap_record,
+            count,
+            warmup,
+        )
+        (
+            found,
+            lower,
+            upper,
+            scale,
+            s_day,
+            s_lo,
+            s_hi,
+            s_env,
+            season_today,
+            season_reach,
+            season_width,
+        ) = season(
+            ts,
+            values,
+            interval,
+            season_day,
+            season_lo,
+            season_hi,
+            season_envelope,
+            season_today,
+            season_reach,
+            season_width,
+            days,
+        )
+        weekly, w_day, w_lo, w_hi, w_env, week_today = week_kernel(
+            ts, values, scale, week_day, week_lo, week_hi, week_envelope, week_today
+        )
+        # A point either profile explains is explained: the same time yesterday, or the same
+        # time on the same weekday a week ago.
+        seasonal = np.fmin(found, weekly)
+    else:
+        flat, flat_run, flat_record = flatline(values, last, count, warmup, flat_run, flat_record)
+        missing = np.zeros(n, dtype=np.bool_)
+        gaps = np.empty(0)
+        seasonal = lower = upper = _nans(n)
+        s_day = w_day = np.empty(0, dtype=np.int64)
+        s_lo = s_hi = s_env = w_lo = w_hi = w_env = no_table
+    # What the seasonal profile explains is no deviation for the change-point detector.
+    counted = np.empty(n, dtype=np.bool_)
+    for j in range(n):
+        counted[j] = scored[j] and seasonal[j] != 0.0
+    rows, diffs, devs, scales, cusum_up, cusum_down = robust_rows(
+        series,
+        n,
+        window,
+        counted,
+        stored_diffs,
+        stored_devs,
+        stored_scales,
+        count,
+        cusum_up,
+        cusum_down,
+    )
+    old_ring = np.frombuffer(stored_ring, dtype=np.float32).astype(np.float64)
+    drift, ring = drift_kernel(series, n, count, old_ring)
+    raw = np.empty((len(DETECTORS), n))
+    raw[LEVEL] = rows[robust.LEVEL]
+    raw[SEASONAL] = seasonal
+    raw[CHANGE] = rows[robust.SHIFT]
+    raw[VOLATILITY] = rows[robust.VOLATILITY]
+    raw[SHAPE] = np.nan
+    raw[DRIFT] = drift
+    # The level drift may read further back than the rolling window.
+    kept = series[max(0, len(series) - max(window + SHORT, HISTORY)) :].copy()
+    return (
+        series,
+        raw,
+        scored,
+        missing,
+        flat,
+        rows,
+        lower,
+        upper,
+        kept,
+        flat_run,
+        flat_record,
+        gaps,
+        gap_record,
+        s_day,
+        s_lo,
+        s_hi,
+        s_env,
+        season_today,
+        season_reach,
+        season_width,
+        w_day,
+        w_lo,
+        w_hi,
+        w_env,
+        week_today,
+        diffs,
+        devs,
+        scales,
+        cusum_up,
+        cusum_down,
+        ring.astype(np.float32),
+    )
+
+
+@jit
+def _back(
+    raw: FloatArray,
+    scored: BoolArray,
+    missing: BoolArray,
+    flat: BoolArray,
+    ts: FloatArray,
+    median: FloatArray,
+    scale: FloatArray,
+    count: int,
+    stored_hist: bytes,
+    stored_refs: bytes,
+    shift: float,
+    quantile: float,
+    floors: FloatArray,
+    priors: FloatArray,
+    stored_recent: bytes,
+    stored_fast: bytes,
+    stored_times: bytes,
+    refractory: int,
+    refractory_seconds: float,
+) -> tuple[Any, ...]:  # see _Combined
+    """Calibration, then `_combine`, in one compiled call; see `_Combined`. The stored
+    surprises without the level drift's part stand in as the combined ones in a state from
+    before they were kept (which hold back as they did then), and their times are unknown
+    (NaN) for any a state from before them lacks."""
+    surprise, at, hist, refs = stored_surprise(
+        raw, scored, count, stored_hist, stored_refs, shift, quantile, floors, priors
+    )
+    old = np.frombuffer(stored_recent, dtype=np.float64)
+    fast = np.frombuffer(stored_fast, dtype=np.float64)
+    if len(fast) != len(old):
+        fast = old
+    known = np.frombuffer(stored_times, dtype=np.float64)
+    times = _nans(len(old))
+    keep = min(len(known), len(old))
+    times[len(old) - keep :] = known[len(known) - keep :]
+    score, lower, upper, recent, recent_fast, recent_ts = _combine(
+        surprise,
+        missing,
+        flat,
+        scored,
+        old,
+        fast,
+        times,
+        ts,
+        refractory,
+        refractory_seconds,
+        median,
+        scale,
+        at[LEVEL],
+    )
+    return surprise, hist, refs, score, lower, upper, recent, recent_fast, recent_ts
+
+
+@jit
+def _whole(
+    before: tuple[Any, ...], centroids: bytes, after: tuple[Any, ...]
+) -> tuple[tuple[Any, ...], tuple[Any, ...], FloatArray, bool]:
+    """`_front`, the learned model (retrained at its boundaries) and `_back` in one compiled
+    call, for a batch that does not train the first model; also the model and whether it
+    was retrained."""
+    f = _front(*before)
+    series, raw, scored, missing, flat, rows = f[0], f[1], f[2], f[3], f[4], f[5]
+    raw[SHAPE], model, retrained = trained_scores(
+        centroids, series, len(before[0]), rows[robust.SCALE], before[3]
+    )
+    b = _back(
+        raw, scored, missing, flat, before[1], rows[robust.MEDIAN], rows[robust.SCALE], *after
+    )
+    return f, b, model, retrained
 
 
 @jit
@@ -260,13 +594,17 @@ def _combine(
         # The largest combined surprise in the refractory period: at most `refractory`
         # points back, and only as far as `refractory_seconds` (an unknown time: no limit).
         # The level drift's part holds back only a point the level drift is surprised at.
-        held = series if surprise[DRIFT, j] > 0.0 else fast
-        p, recent = h + j, 0.0
-        i = p - 1
-        while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
-            recent = max(recent, held[i])
-            i -= 1
-        excess = max(0.0, combined[j] - ESCALATION * recent)
+        # (Surprises are never negative: a point with none has no excess, whatever came
+        # before it, and most points have none.)
+        excess = 0.0
+        if combined[j] > 0.0:
+            held = series if surprise[DRIFT, j] > 0.0 else fast
+            p, recent = h + j, 0.0
+            i = p - 1
+            while i >= 0 and p - i <= refractory and not times[p] - times[i] > refractory_seconds:
+                recent = max(recent, held[i])
+                i -= 1
+            excess = max(0.0, combined[j] - ESCALATION * recent)
         if missing[j] or flat[j]:
             # A rule (flatline, missing data) fires on records only: it is never held back.
             excess = max(excess, RULE_SURPRISE)
@@ -281,25 +619,6 @@ def _combine(
         fast[-refractory:].copy(),
         times[-refractory:].copy(),
     )
-
-
-def _fast_surprise(data: bytes, surprise: FloatArray) -> FloatArray:
-    """The stored surprises without the level drift's part; a state from before they were
-    kept has only the combined ones, which hold back as they did then."""
-    fast = floats(data)
-    return fast if len(fast) == len(surprise) else surprise
-
-
-def _surprise_times(data: bytes, count: int) -> FloatArray:
-    """The stored surprises' times; unknown (NaN) for any a state from before them lacks."""
-    known = floats(data)
-    if len(known) == count:
-        return known
-    times = _nans(count)
-    keep = min(len(known), count)
-    if keep:
-        times[count - keep :] = known[len(known) - keep :]
-    return times
 
 
 _warm = False
@@ -324,6 +643,7 @@ def _warm_up(detector: Detector) -> None:
     detector.detect(state, values[:1])
 
 
+@jit
 def _nans(n: int) -> FloatArray:
     a = np.empty(n)
     a.fill(np.nan)
@@ -331,23 +651,30 @@ def _nans(n: int) -> FloatArray:
 
 
 def _kind(
-    j: int, votes: FloatArray, values: FloatArray, robust: RobustScores, rules: RuleFlags
+    j: int,
+    votes: FloatArray,
+    values: FloatArray,
+    rows: FloatArray,
+    missing: BoolArray,
+    flat: BoolArray,
 ) -> AnomalyKind:
-    """What happened, from which detector is the most surprised and how the point got there."""
-    if rules.missing[j]:
+    """What happened, from which detector is the most surprised and how the point got there
+    (`rows`: the robust rows, see `robust.LEVEL` ...)."""
+    if missing[j]:
         return AnomalyKind.MISSING_DATA
-    if rules.flat[j]:
+    if flat[j]:
         return AnomalyKind.FLATLINE
     top = int(np.argmax(votes))
     if top == VOLATILITY:
         return AnomalyKind.VARIANCE_CHANGE
-    sustained = robust.built[j] >= SUSTAINED
+    sustained = rows[robust.BUILT, j] >= SUSTAINED
     if top in (CHANGE, DRIFT):
         # The CUSUM or the level drift leads: a shift that no single point made unusual is a
         # trend change.
-        return AnomalyKind.LEVEL_SHIFT if robust.level[j] >= SUSTAINED else AnomalyKind.TREND_CHANGE
+        level_shift = rows[robust.LEVEL, j] >= SUSTAINED
+        return AnomalyKind.LEVEL_SHIFT if level_shift else AnomalyKind.TREND_CHANGE
     if sustained:
         return AnomalyKind.LEVEL_SHIFT
-    median = robust.median[j]
+    median = rows[robust.MEDIAN, j]
     above = not np.isfinite(median) or values[j] >= median
     return AnomalyKind.SPIKE if above else AnomalyKind.DIP

@@ -62,6 +62,58 @@ def learned_scores(
     return raw, model.tobytes() if model is not stored else state.centroids
 
 
+def trains_first(state: DetectorState, n: int) -> bool:
+    """Whether a batch of n points may train the stream's first model, which only
+    `learned_scores` does (a retraining boundary in the batch, and no model yet)."""
+    return not state.centroids and ((-state.count) % RETRAIN or RETRAIN) <= n
+
+
+@jit
+def trained_scores(
+    stored_model: bytes, series: FloatArray, n: int, scale: FloatArray, count: int
+) -> tuple[FloatArray, FloatArray, bool]:
+    """`learned_scores` compiled, for a batch that does not train the first model (see
+    `trains_first`): the raw scores, the model and whether it was retrained (the stored one
+    is kept otherwise)."""
+    model = np.frombuffer(stored_model, dtype=np.float64).copy()
+    raw = np.empty(n)
+    raw.fill(np.nan)
+    retrained = False
+    if len(series) <= DIMS:
+        return raw, model, retrained
+    first_row = len(series) - n - DIMS
+    first = (-count) % RETRAIN or RETRAIN
+    a, b = 0, min(first, n)
+    while True:  # b: each retraining boundary in the batch, then n
+        if len(model):
+            lo = max(a, -first_row)
+            if lo < b:
+                raw[lo:b] = _distance(model, series, first_row + lo, scale[lo:b])
+        if b < n or (count + n) % RETRAIN == 0:
+            end = first_row + b
+            if end >= MIN_TRAIN and len(model):
+                model = _retrain(series, max(0, end - TRAIN), end, model)
+                retrained = True
+        if b == n:
+            return raw, model, retrained
+        a, b = b, min(b + RETRAIN, n)
+
+
+@jit
+def _retrain(series: FloatArray, lo: int, end: int, model: FloatArray) -> FloatArray:
+    """`_train` from a previous model, on vectors lo .. end - 1 of `series` (compiled)."""
+    x = np.empty((end - lo, DIMS))
+    for r in range(end - lo):
+        for d in range(DIMS):
+            x[r, d] = series[lo + r + d + 1] - series[lo + r + d]  # np.diff's steps
+    centroids = model[:-1].copy().reshape(CLUSTERS, DIMS)
+    unit = _fit(centroids, x, UPDATE_ITERATIONS)
+    out = np.empty(len(model))
+    out[:-1] = centroids.ravel()
+    out[-1] = _TINY if unit < _TINY else unit  # max(unit, _TINY), NaN kept
+    return out
+
+
 def _vectors(series: FloatArray) -> FloatArray:
     """Row r holds steps r .. r + DIMS - 1 (a read-only view, no copy)."""
     steps = np.diff(series)

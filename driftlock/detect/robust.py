@@ -11,7 +11,6 @@
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +18,6 @@ import numpy.typing as npt
 from driftlock.detect.calibrate import EPOCH
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray, median_before
-from driftlock.detect.state import DetectorState
 
 MAD_TO_SIGMA = 1.4826
 LONG_RUN = 16
@@ -37,56 +35,16 @@ VOLATILITY_EPS = 0.01
 stream's noise do not make a volatility change."""
 
 
-class RobustScores(NamedTuple):
-    level: FloatArray
-    shift: FloatArray
-    """The larger CUSUM, in robust sigmas."""
-    volatility: FloatArray
-    median: FloatArray
-    """Rolling median of the points before each point (NaN before the first)."""
-    scale: FloatArray
-    """Robust standard deviation of the points before each point."""
-    step: FloatArray
-    """|x_t - x_{t-1}|."""
-    built: FloatArray
-    """The CUSUM on the point's side before it, in robust sigmas: how far a shift had already
-    built up (a spike has none; the points after a level shift have)."""
-
-
-def robust_scores(
-    state: DetectorState,
-    series: FloatArray,
-    n: int,
-    window: int,
-    counted: npt.NDArray[np.bool_],
-) -> tuple[RobustScores, dict[str, object]]:
-    """Raw scores of the three detectors for the batch, the last n entries of `series` (the
-    stored values, then the batch), and the history fields to store; the CUSUM only counts the
-    `counted` points (after the warm-up, and not explained by the seasonal profile)."""
-    rows, diffs, devs, scales, up, down = _robust_kernel(
-        series,
-        n,
-        window,
-        counted,
-        state.diffs,
-        state.devs,
-        state.scales,
-        state.count,
-        state.cusum_up,
-        state.cusum_down,
-    )
-    # The stored values are the ensemble's to keep (other detectors read further back).
-    return RobustScores(*rows), {
-        "diffs": diffs.tobytes(),
-        "devs": devs.tobytes(),
-        "scales": scales.tobytes(),
-        "cusum_up": up,
-        "cusum_down": down,
-    }
+LEVEL, SHIFT, VOLATILITY, MEDIAN, SCALE, STEP, BUILT = range(7)
+"""Rows of `robust_rows`' scores: `robust_level`; `change_point`, the larger CUSUM in robust
+sigmas; `volatility`; the rolling median of the points before each point (NaN before the
+first); the robust standard deviation of the points before each point; |x_t - x_{t-1}|; and
+the CUSUM on the point's side before it, in robust sigmas: how far a shift had already built
+up (a spike has none; the points after a level shift have)."""
 
 
 @jit
-def _robust_kernel(
+def robust_rows(
     series: FloatArray,
     n: int,
     window: int,
@@ -98,9 +56,11 @@ def _robust_kernel(
     cusum_up: int,
     cusum_down: int,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, int, int]:
-    """The RobustScores as rows of one array (one array to hand back to Python, not seven),
-    and the diffs, devs, scale ring and CUSUMs to store; the stored ones are read here, from
-    the state's bytes."""
+    """Raw scores of the three detectors for the batch, the last n entries of `series` (the
+    stored values, then the batch), with the other per-point rows (see LEVEL ... BUILT) in
+    one array, and the diffs, devs, scale ring and CUSUMs to store (the stored ones are read
+    here, from the state's bytes); the CUSUM only counts the `counted` points (after the
+    warm-up, and not explained by the seasonal profile)."""
     old_diffs = np.frombuffer(stored_diffs, dtype=np.float64)
     old_devs = np.frombuffer(stored_devs, dtype=np.float64)
     ring = np.frombuffer(stored_scales, dtype=np.float64)
@@ -120,9 +80,10 @@ def _robust_kernel(
     long = median_before(diffs, len(old_diffs), n, window, SHORT)
 
     rows = np.empty((7, n))
-    level, shift, volatility, scale, built = rows[0], rows[1], rows[2], rows[4], rows[6]
-    rows[3] = median
-    rows[5] = diffs[len(old_diffs) :]
+    level, shift, volatility = rows[LEVEL], rows[SHIFT], rows[VOLATILITY]
+    scale, built = rows[SCALE], rows[BUILT]
+    rows[MEDIAN] = median
+    rows[STEP] = diffs[len(old_diffs) :]
     # The long-run floor: LONG_RUN_FLOOR × the median of the scales recorded at the last
     # LONG_RUN epoch boundaries (absolute positions), so that after a flat stretch the first
     # ordinary wiggle is not a thousand-sigma event.

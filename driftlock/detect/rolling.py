@@ -21,26 +21,67 @@ IntArray = npt.NDArray[np.int64]
 def _sift(heap: IntArray, size: int, vals: FloatArray, pos: IntArray, k: int, side: int) -> None:
     """Move heap[k] to its place in heap[:size], a heap of node ids: the largest value on
     top for the low side (0), the smallest for the high side (1)."""
-    sign = 1.0 if side == 0 else -1.0
+    if side == 0:
+        _sift_low(heap, size, vals, pos, k)
+    else:
+        _sift_high(heap, size, vals, pos, k)
+
+
+@jit
+def _sift_low(heap: IntArray, size: int, vals: FloatArray, pos: IntArray, k: int) -> None:
+    """`_sift` in the low half's max-heap (the comparisons written out: no sign to apply)."""
     node = heap[k]
-    x = sign * vals[node]
+    x = vals[node]
     while k > 0:
         parent = (k - 1) >> 1
-        if sign * vals[heap[parent]] >= x:
+        up = heap[parent]
+        if vals[up] >= x:
             break
-        heap[k] = heap[parent]
-        pos[heap[k]] = k
+        heap[k] = up
+        pos[up] = k
         k = parent
     while True:
         child = 2 * k + 1
         if child >= size:
             break
-        if child + 1 < size and sign * vals[heap[child + 1]] > sign * vals[heap[child]]:
+        down = heap[child]
+        if child + 1 < size and vals[heap[child + 1]] > vals[down]:
             child += 1
-        if sign * vals[heap[child]] <= x:
+            down = heap[child]
+        if vals[down] <= x:
             break
-        heap[k] = heap[child]
-        pos[heap[k]] = k
+        heap[k] = down
+        pos[down] = k
+        k = child
+    heap[k] = node
+    pos[node] = k
+
+
+@jit
+def _sift_high(heap: IntArray, size: int, vals: FloatArray, pos: IntArray, k: int) -> None:
+    """`_sift` in the high half's min-heap."""
+    node = heap[k]
+    x = vals[node]
+    while k > 0:
+        parent = (k - 1) >> 1
+        up = heap[parent]
+        if vals[up] <= x:
+            break
+        heap[k] = up
+        pos[up] = k
+        k = parent
+    while True:
+        child = 2 * k + 1
+        if child >= size:
+            break
+        down = heap[child]
+        if child + 1 < size and vals[heap[child + 1]] < vals[down]:
+            child += 1
+            down = heap[child]
+        if vals[down] >= x:
+            break
+        heap[k] = down
+        pos[down] = k
         k = child
     heap[k] = node
     pos[node] = k
@@ -166,6 +207,7 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
     pos = np.empty(window, np.int64)
     side = np.full(window, -1, np.int8)
     heaps = np.empty((2, window), np.int64)
+    low, high = heaps[0], heaps[1]
     sizes = np.zeros(2, np.int64)
     lo = hi = 0
     for j in range(n):
@@ -181,14 +223,25 @@ def median_before(a: FloatArray, first: int, n: int, window: int, lag: int) -> F
             node = e % window
             held = e - window >= lo and side[node] >= 0  # entry e - window, leaving
             if held and not math.isnan(a[e]):
-                vals[node] = a[e]  # the usual step: one value out, one in, same node
-                _sift(heaps[side[node]], sizes[side[node]], vals, pos, pos[node], side[node])
+                # The usual step: one value out, one in, same node; the halves keep their
+                # sizes, so only their tops may have to change places.
+                vals[node] = a[e]
+                if side[node] == 0:
+                    _sift_low(low, sizes[0], vals, pos, pos[node])
+                else:
+                    _sift_high(high, sizes[1], vals, pos, pos[node])
+                top, bottom = low[0], high[0]
+                if sizes[1] and vals[top] > vals[bottom]:
+                    low[0], high[0] = bottom, top
+                    side[bottom], side[top] = 0, 1
+                    _sift_low(low, sizes[0], vals, pos, 0)
+                    _sift_high(high, sizes[1], vals, pos, 0)
             else:
                 if held:
                     _take_out(heaps, sizes, vals, pos, side, node)
                 if not math.isnan(a[e]):
                     _put_in(heaps, sizes, vals, pos, side, node, a[e])
-            _balance(heaps, sizes, vals, pos, side)
+                _balance(heaps, sizes, vals, pos, side)
         lo, hi = start, end
         m = sizes[0] + sizes[1]
         if m == 0:

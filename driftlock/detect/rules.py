@@ -8,72 +8,22 @@ a constant, never fires).
 """
 
 import math
-import struct
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray, median_before
-from driftlock.detect.state import DetectorState
 
 GAP_WINDOW = 64
 GAP_FACTOR = 10.0
 FLAT_MIN = 12
-_FLOAT = struct.Struct("d")
-"""A stored float64, as `floats` reads it (native byte order)."""
 
 BoolArray = npt.NDArray[np.bool_]
 
 
-class RuleFlags(NamedTuple):
-    missing: BoolArray
-    flat: BoolArray
-    interval: FloatArray
-    """The stream's usual seconds between points, before each point (NaN without times)."""
-    gap: FloatArray
-
-
-def check_rules(
-    state: DetectorState, ts: FloatArray | None, values: FloatArray, warmup: int
-) -> tuple[RuleFlags, dict[str, object]]:
-    n = len(values)
-    stored = state.values
-    last = _FLOAT.unpack_from(stored, len(stored) - 8)[0] if stored and state.count else np.nan
-    if ts is None:
-        flat, run, record = _flatline(
-            values, last, state.count, warmup, state.flat_run, state.flat_record
-        )
-        none = np.empty(n)
-        none.fill(np.nan)
-        fields: dict[str, object] = {"flat_run": run, "flat_record": record}
-        return RuleFlags(np.zeros(n, dtype=bool), flat, none, none), fields
-    last_ts = np.nan if state.last_ts is None else state.last_ts
-    flat, run, record, missing, interval, gap, gaps, gap_record = _both(
-        values,
-        last,
-        state.flat_run,
-        state.flat_record,
-        ts,
-        last_ts,
-        state.gaps,
-        state.gap_record,
-        state.count,
-        warmup,
-    )
-    fields = {
-        "flat_run": run,
-        "flat_record": record,
-        "gaps": gaps.tobytes(),
-        "last_ts": float(ts[-1]),
-        "gap_record": gap_record,
-    }
-    return RuleFlags(missing, flat, interval, gap), fields
-
-
 @jit
-def _both(
+def both_checks(
     values: FloatArray,
     last: float,
     run: int,
@@ -85,8 +35,11 @@ def _both(
     count: int,
     warmup: int,
 ) -> tuple[BoolArray, int, int, BoolArray, FloatArray, FloatArray, FloatArray, float]:
-    """Both checks in one compiled call (the stored gaps read here, from the state's bytes)."""
-    flat, run, record = _flatline(values, last, count, warmup, run, record)
+    """Both checks in one compiled call (the stored gaps read here, from the state's bytes):
+    the flatline and missing-data flags, the run and its record, the stream's usual seconds
+    between points before each point, the gaps, the gaps to store and the gap record; `last`
+    and `last_ts` are the value and time before the batch (NaN: none)."""
+    flat, run, record = flatline(values, last, count, warmup, run, record)
     old_gaps = np.frombuffer(stored_gaps, dtype=np.float64)
     missing, interval, gap, gaps, gap_record = _gaps(
         ts, last_ts, old_gaps, count, warmup, gap_record
@@ -95,7 +48,7 @@ def _both(
 
 
 @jit
-def _flatline(
+def flatline(
     values: FloatArray, last: float, count: int, warmup: int, run: int, record: int
 ) -> tuple[BoolArray, int, int]:
     """A run of identical values that is FLAT_MIN points long and twice the longest run that

@@ -10,15 +10,13 @@ days, so the result does not depend on how the batch was cut.
 """
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.daytable import F32Array, load_table, record
+from driftlock.detect.daytable import F32Array, load_table, record, stored_rows
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
-from driftlock.detect.state import DetectorState
 
 SLOT_SECONDS = 300
 SLOTS_PER_DAY = 86_400 // SLOT_SECONDS
@@ -27,47 +25,8 @@ MAX_REACH = 12
 _TINY = 1e-9
 
 
-class SeasonalScores(NamedTuple):
-    score: FloatArray
-    """NaN where the profile holds nothing yet for the point's time of day."""
-    lower: FloatArray
-    upper: FloatArray
-    """The envelope (NaN where the profile holds nothing yet for the point's time of day)."""
-    scale: FloatArray
-    """The day's median envelope width: the unit of the score."""
-
-
-def seasonal_scores(
-    state: DetectorState, ts: FloatArray, values: FloatArray, interval: FloatArray, days: int
-) -> tuple[SeasonalScores, dict[str, object]]:
-    """`interval` is the stream's usual seconds between points, before each point."""
-    score, lower, upper, scale, day, lo, hi, envelope, today, reach, width = _season(
-        ts,
-        values,
-        interval,
-        state.season_day,
-        state.season_lo,
-        state.season_hi,
-        state.envelope,
-        state.season_today,
-        state.season_reach,
-        state.season_width,
-        days,
-    )
-    history: dict[str, object] = {
-        "season_today": today,
-        "season_reach": reach,
-        "season_width": width,
-        "season_day": day.tobytes(),
-        "season_lo": lo.tobytes(),
-        "season_hi": hi.tobytes(),
-        "envelope": envelope.tobytes(),
-    }
-    return SeasonalScores(score, lower, upper, scale), history
-
-
 @jit
-def _season(
+def season(
     ts: FloatArray,
     values: FloatArray,
     interval: FloatArray,
@@ -93,7 +52,10 @@ def _season(
     float,
 ]:
     """The stored table and today's envelope decoded, then `_scores`, in one compiled call;
-    returns the scores and the table and envelope to store."""
+    returns the scores, envelopes (NaN where the profile holds nothing yet for the point's
+    time of day) and the day's median envelope width (the unit of the score), then the table,
+    envelope and day to store. `interval` is the stream's usual seconds between points,
+    before each point."""
     day, lo, hi = load_table(stored_day, stored_lo, stored_hi, days + 1, SLOTS_PER_DAY)
     if len(stored_envelope) == 8 * SLOTS_PER_DAY:
         envelope = np.frombuffer(stored_envelope, dtype=np.float32).copy().reshape(2, SLOTS_PER_DAY)
@@ -102,6 +64,7 @@ def _season(
     score, lower, upper, scale, envelope, today, reach, width = _scores(
         ts, values, interval, day, lo, hi, envelope, today, reach, width, days
     )
+    day, lo, hi = stored_rows(day, lo, hi)
     return score, lower, upper, scale, day, lo, hi, envelope, today, reach, width
 
 

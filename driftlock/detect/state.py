@@ -31,7 +31,8 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """Seconds between the last `GAP_WINDOW` consecutive points."""
     last_ts: float | None = None
     season_day: bytes = b""
-    """Day number held by each row of the seasonal table (-1: empty)."""
+    """Day number held by each stored row of the seasonal table: only rows holding a day are
+    stored (a state from before stored all, -1 marking the empty ones)."""
     season_today: int = -1
     """The day the seasonal reach was set for."""
     season_reach: int = 1
@@ -43,7 +44,8 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """float32 [2, slots]: today's seasonal envelope (lowest, highest) for every slot."""
     season_lo: bytes = b""
     season_hi: bytes = b""
-    """float32 [rows, slots]: lowest and highest value seen in each 5-minute slot of a day."""
+    """float32 [stored rows, slots]: lowest and highest value seen in each 5-minute slot of a
+    day."""
     flat_run: int = 0
     """Consecutive identical values up to the last point."""
     flat_record: int = 0
@@ -63,11 +65,12 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """The same points' combined surprise without the level drift's part (empty in a state
     from before it: the combined surprise stands in)."""
     week_day: bytes = b""
-    """Day number held by each row of the weekly table (-1: empty)."""
+    """Day number held by each stored row of the weekly table (as `season_day`)."""
     week_today: int = -1
     week_lo: bytes = b""
     week_hi: bytes = b""
-    """float32 [8, 24]: lowest and highest value seen in each hour of the last eight days."""
+    """float32 [stored rows, 24]: lowest and highest value seen in each hour of the last eight
+    days (at most 8 rows)."""
     week_envelope: bytes = b""
     """float32 [2, 24]: today's envelope from the same weekday a week before."""
     centroids: bytes = b""

@@ -12,7 +12,7 @@ earlier days, so the result does not depend on how the batch was cut.
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.daytable import F32Array, load_table, record
+from driftlock.detect.daytable import F32Array, load_table, record, stored_rows
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.state import DetectorState
@@ -29,7 +29,7 @@ def weekly_scores(
 ) -> tuple[FloatArray, dict[str, object]]:
     """Raw scores (how far outside last week's envelope, in units of `scale`, the daily
     profile's width; NaN where last week holds nothing) and the fields to store."""
-    score, day, lo, hi, envelope, today = _week(
+    score, day, lo, hi, envelope, today = week_kernel(
         ts,
         values,
         scale,
@@ -49,7 +49,7 @@ def weekly_scores(
 
 
 @jit
-def _week(
+def week_kernel(
     ts: FloatArray,
     values: FloatArray,
     scale: FloatArray,
@@ -67,6 +67,7 @@ def _week(
     else:
         envelope = _envelope(day, lo, hi, today)
     score, envelope, today = _scores(ts, values, scale, day, lo, hi, envelope, today)
+    day, lo, hi = stored_rows(day, lo, hi)
     return score, day, lo, hi, envelope, today
 
 
