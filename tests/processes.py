@@ -10,6 +10,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def start_up(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`driftlock up` on free ports, as a user starts it: the process, and its banner up to
+    the first owner's password (printed once the node holds its partitions)."""
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "driftlock.cli", "up",
+        "--data-dir", str(data_dir), "--nats-port", "-1", "--metrics-port", "0",
+        "--gateway-port", "0", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert up.stdout is not None
+    banner = ""
+    try:
+        while "password" not in banner:
+            line = await asyncio.wait_for(up.stdout.readline(), timeout)
+            assert line, "driftlock up exited before printing its banner"
+            banner += line.decode()
+    except BaseException:
+        up.kill()
+        await up.wait()
+        raise
+    return up, banner
+
+
 def run_bench(*args: str) -> str:
     """`python -m <bench> <args>` from the repo root; its stdout, after checking it succeeded."""
     result = subprocess.run(

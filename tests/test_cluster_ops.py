@@ -21,7 +21,7 @@ from driftlock.gateway.server import GatewayServer
 from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
 from tests.gateway_helpers import new_tenant
-from tests.processes import ROOT
+from tests.processes import ROOT, start_up
 from tests.test_up import banner_snippets, python
 
 
@@ -150,20 +150,8 @@ async def test_the_gateway_shows_admins_the_cluster(node: Node, gateway: Gateway
 
 
 async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
-    up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "driftlock.cli", "up", "--cluster", "3",
-        "--data-dir", str(tmp_path), "--nats-port", "-1", "--metrics-port", "0",
-        "--gateway-port", "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert up.stdout is not None
-    banner = ""
+    up, banner = await start_up(tmp_path, "--cluster", "3")
     try:
-        while "password" not in banner:
-            line = await asyncio.wait_for(up.stdout.readline(), 60)
-            assert line, "driftlock up exited before printing its banner"
-            banner += line.decode()
         found = re.search(r"NATS\s+(\S+)", banner)
         assert found, banner
         urls = found.group(1).split(",")

@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tests.processes import start_up
+
 T0 = 1_700_000_000.0
 
 
@@ -108,19 +110,8 @@ async def test_an_anomaly_span_continues_the_trace_of_the_ingest_request(
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms between export batches
     }
-    up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "driftlock.cli", "up",
-        "--data-dir", str(tmp_path / "data"), "--nats-port", "-1", "--metrics-port", "0",
-        "--gateway-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    assert up.stdout is not None
-    banner = ""
+    up, banner = await start_up(tmp_path / "data", env=env)
     try:
-        while "password" not in banner:
-            line = await asyncio.wait_for(up.stdout.readline(), 60)
-            assert line, "driftlock up exited before printing its banner"
-            banner += line.decode()
         gateway_url = re.search(r"Gateway\s+(http://[\d.]+:\d+)", banner)
         email = re.search(r"email\s+(\S+)", banner)
         password = re.search(r"password\s+(\S+)", banner)

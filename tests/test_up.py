@@ -13,6 +13,7 @@ import httpx
 
 from driftlock.bus.partition import partition_of
 from driftlock.state import StateStore
+from tests.processes import start_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,20 +45,8 @@ def alive(pid: int) -> bool:
 
 async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "driftlock.cli", "up",
-        "--data-dir", str(data_dir), "--nats-port", "-1", "--metrics-port", "0",
-        "--gateway-port", "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert up.stdout is not None
-    banner = ""
+    up, banner = await start_up(data_dir)
     try:
-        while "password" not in banner:
-            line = await asyncio.wait_for(up.stdout.readline(), 30)
-            assert line, "driftlock up exited before printing its banner"
-            banner += line.decode()
         url = re.search(r"NATS\s+(nats://[\d.]+:\d+)", banner)
         assert url, banner
         nats_url = url.group(1)
