@@ -166,9 +166,9 @@ class Snapshots:
         try:
             await self.store.put(name, blob, meta=ObjectMeta(name=name, description=description))
         except BaseException:
-            # Those changes are in no object now: only a new base can cover them.
+            # Those changes are in no object now: only a new base can cover them (a base
+            # export also starts the store's change tracking afresh).
             self._chains.pop(partition, None)
-            state.forget_changes(partition)
             raise
         chain.deltas += 1
         chain.delta_bytes += len(blob)
@@ -217,7 +217,6 @@ class Snapshots:
         before may have been superseded since, so its next upload is a new base."""
         async with self._lock(partition):
             self._chains.pop(partition, None)
-            state.forget_changes(partition)
             found = await self._chain(partition)
             if not found:
                 return None

@@ -163,11 +163,6 @@ class StateStore:
         self.release_mapped_pages()
         return seq, records
 
-    def forget_changes(self, partition: int) -> None:
-        """The next export must be a full one (a delta since the last one was lost)."""
-        with self._changes_lock:
-            self._changed.pop(partition, None)
-
     def _read_seq(self, txn: "lmdb.Transaction", partition: int) -> int:
         meta = txn.get(partition_prefix(partition), db=self._meta)
         return decode_meta(bytes(meta)).last_applied_seq if meta is not None else 0
