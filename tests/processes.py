@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,15 @@ async def start_up(
         await up.wait()
         raise
     return up, banner
+
+
+def owner_credentials(banner: str) -> tuple[str, str, str]:
+    """The gateway URL, and the first owner's e-mail and password, from `up`'s banner."""
+    gateway_url = re.search(r"Gateway\s+(http://[\d.]+:\d+)", banner)
+    email = re.search(r"email\s+(\S+)", banner)
+    password = re.search(r"password\s+(\S+)", banner)
+    assert gateway_url and email and password, banner
+    return gateway_url.group(1), email.group(1), password.group(1)
 
 
 def run_bench(*args: str) -> str:

@@ -5,7 +5,6 @@ that carried its point."""
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.processes import start_up
+from tests.processes import owner_credentials, start_up
 
 T0 = 1_700_000_000.0
 
@@ -112,14 +111,9 @@ async def test_an_anomaly_span_continues_the_trace_of_the_ingest_request(
     }
     up, banner = await start_up(tmp_path / "data", env=env)
     try:
-        gateway_url = re.search(r"Gateway\s+(http://[\d.]+:\d+)", banner)
-        email = re.search(r"email\s+(\S+)", banner)
-        password = re.search(r"password\s+(\S+)", banner)
-        assert gateway_url and email and password, banner
-        async with httpx.AsyncClient(base_url=gateway_url.group(1), timeout=10) as client:
-            r = await client.post(
-                "/v1/auth/token", json={"email": email.group(1), "password": password.group(1)}
-            )
+        gateway_url, email, password = owner_credentials(banner)
+        async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+            r = await client.post("/v1/auth/token", json={"email": email, "password": password})
             assert r.status_code == 200, r.text
             auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
             rng = np.random.default_rng(3)

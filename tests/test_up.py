@@ -13,7 +13,7 @@ import httpx
 
 from driftlock.bus.partition import partition_of
 from driftlock.state import StateStore
-from tests.processes import start_up
+from tests.processes import owner_credentials, start_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,15 +75,9 @@ async def test_up_runs_the_readme_examples_and_stops_cleanly(tmp_path: Path) -> 
         assert '"kind":"spike"' in received and '"value":95.0' in received
 
         # The gateway printed next to NATS, with the first owner's credentials, shown once.
-        gateway_url = re.search(r"Gateway\s+(http://[\d.]+:\d+)", banner)
-        email = re.search(r"email\s+(\S+)", banner)
-        password = re.search(r"password\s+(\S+)", banner)
-        assert gateway_url and email and password, banner
-        async with httpx.AsyncClient(base_url=gateway_url.group(1), timeout=10) as client:
-            r = await client.post(
-                "/v1/auth/token",
-                json={"email": email.group(1), "password": password.group(1)},
-            )
+        gateway_url, email, password = owner_credentials(banner)
+        async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+            r = await client.post("/v1/auth/token", json={"email": email, "password": password})
             assert r.status_code == 200, r.text
             auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
             r = await client.get("/v1/anomalies", params={"metric": "latency"}, headers=auth)
