@@ -14,7 +14,6 @@ whenever it cannot know what changed: first upload after taking a partition, aft
 restore, or after a failed upload."""
 
 import asyncio
-import io
 import logging
 import time
 import zlib
@@ -22,10 +21,11 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
+from nats.js.api import ObjectInfo, ObjectMeta, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
+from driftlock.bus.objects import read_object
 from driftlock.state.store import StateStore
 
 log = logging.getLogger("driftlock.cluster")
@@ -182,16 +182,16 @@ class Snapshots:
             return None
         seq, _ = _seq_and_time(found[-1][1])
         _, taken_at = _seq_and_time(found[0][1])
-        return SnapshotInfo(partition, seq, sum(size for _, _, size in found), taken_at)
+        return SnapshotInfo(partition, seq, sum(i.size or 0 for i, _ in found), taken_at)
 
-    async def _chain(self, partition: int) -> list[tuple[str, dict[str, str], int]]:
-        """(object name, description fields, size) of the base and the deltas that follow."""
+    async def _chain(self, partition: int) -> list[tuple[ObjectInfo, dict[str, str]]]:
+        """The infos and description fields of the base and the deltas that follow."""
         try:
             base = await self.store.get_info(object_name(partition))
         except NotFoundError:
             return []
         fields = _parse_description(base.description)
-        found = [(object_name(partition), fields, base.size or 0)]
+        found = [(base, fields)]
         base_taken_at = fields.get("taken_at")
         head_seq = _seq_and_time(fields)[0]
         for k in range(1, MAX_DELTAS + 1):
@@ -202,7 +202,7 @@ class Snapshots:
             fields = _parse_description(delta.description)
             if fields.get("base") != base_taken_at or fields.get("previous_seq") != str(head_seq):
                 break  # left over from an older chain
-            found.append((delta_name(partition, k), fields, delta.size or 0))
+            found.append((delta, fields))
             head_seq = _seq_and_time(fields)[0]
         return found
 
@@ -223,15 +223,10 @@ class Snapshots:
             seq, _ = _seq_and_time(found[-1][1])
             if seq <= state.read_meta(partition).last_applied_seq:
                 return None
-            blobs = [await self._get(name) for name, _, _ in found]
+            blobs = [await read_object(self._js, self._bucket, info) for info, _ in found]
             records, seq = await asyncio.to_thread(_combine, partition, blobs)
             await state.replace_partition(partition, records, seq)
             return seq
-
-    async def _get(self, name: str) -> bytes:
-        sink = io.BytesIO()
-        await self.store.get(name, writeinto=sink)
-        return sink.getvalue()
 
 
 def _export(state: StateStore, partition: int, taken_at: float) -> tuple[int, bytes]:
