@@ -33,6 +33,7 @@ from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
 from driftlock.actors.residency import ActiveActors
 from driftlock.bus.feed import Delivery, PartitionFeed
 from driftlock.bus.partition import partition_of
+from driftlock.bus.publish import publish_all
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
 from driftlock.detect import Detector
 from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
@@ -51,6 +52,8 @@ YIELD_AFTER_S = 0.05
 MAX_BYTES_IN_FLIGHT = 8 << 20
 """Encoded states a worker may have handed to the store and not yet seen committed: small
 batches (a paced load) never wait for an fsync, a backlog's big ones overlap about one."""
+ACK_TIMEOUT_S = 10.0
+"""How long a batch's anomalies may wait for their acks (and for free pending-ack slots)."""
 
 
 class OwnershipLost(Exception):
@@ -324,15 +327,12 @@ class PartitionWorker:
         try:
             while anomalies:
                 try:
-                    futures = [
-                        await self._js.publish_async(
-                            self._subjects.anomaly_store(a.tenant, a.metric),
-                            json_encoder.encode(a),
-                            headers=h,
-                        )
+                    subject = self._subjects.anomaly_store
+                    messages = (
+                        (subject(a.tenant, a.metric), json_encoder.encode(a), h)
                         for a, h in zip(anomalies, headers, strict=True)
-                    ]
-                    await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
+                    )
+                    await publish_all(self._js, messages, timeout=ACK_TIMEOUT_S)
                     return
                 except Exception as exc:
                     if self._stopping.is_set():

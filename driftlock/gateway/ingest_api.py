@@ -1,9 +1,9 @@
 """POST /v1/ingest: many metrics and points per request, as JSON, NDJSON or msgpack; every
 bad field reported by path; published as batched asynchronous JetStream publishes."""
 
-import asyncio
 import math
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from opentelemetry.propagate import inject
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from driftlock.bus.publish import publish_all
 from driftlock.gateway.errors import ApiError, invalid
 from driftlock.gateway.models import IngestRequest, IngestResponse
 from driftlock.gateway.roles import Permission
@@ -209,24 +210,23 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def _chunks(pairs: Pairs, size: int) -> Iterator[Pairs]:
+    return (pairs[start : start + size] for start in range(0, len(pairs), size))
+
+
 async def _publish(call: Call, batches: dict[str, Pairs]) -> None:
     gateway = call.gateway
     limit = gateway.settings.max_points_per_message
     headers = {"Content-Type": "application/msgpack"}
     inject(headers)  # the request's trace context travels with the events
-    futures = []
-    for metric, pairs in batches.items():
-        subject = gateway.subjects.ingest(call.tenant, metric)
-        for start in range(0, len(pairs), limit):
-            payload = _msgpack.encode(pairs[start : start + limit])
-            futures.append(await gateway.js.publish_async(subject, payload, headers=dict(headers)))
+    messages = (
+        (gateway.subjects.ingest(call.tenant, metric), _msgpack.encode(chunk), dict(headers))
+        for metric, pairs in batches.items()
+        for chunk in _chunks(pairs, limit)
+    )
     try:
-        async with asyncio.timeout(10):  # lighter than wait_for(gather(...)) per request
-            for future in futures:
-                await future
+        await publish_all(gateway.js, messages, timeout=10.0)
     except Exception as exc:
-        for future in futures:
-            future.cancel()  # frees its slot among nats-py's pending publishes
         raise ApiError(503, "unavailable", f"events could not be stored: {exc!r}") from None
 
 
