@@ -1,6 +1,7 @@
 """Real `driftlock node` processes for tests that kill, restart and compare them."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -9,6 +10,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTABLE = {
+    "partition acquired",
+    "partition released",
+    "partition resumed",
+    "resetting partition consumer",
+    "consumer creation timed out; retrying",
+}
 
 
 async def start_up(
@@ -103,6 +111,30 @@ class NodeProcess:
             if self._process.poll() is not None or loop.time() > deadline:
                 raise AssertionError(f"node did not start:\n{self.log_path.read_text()}")
             await asyncio.sleep(0.05)
+
+    def notable_log(self, limit: int = 80) -> str:
+        """The node's warnings, errors and ownership or consumer changes, repeats folded,
+        for a failure message: what a test that waited in vain needs to say why."""
+        lines: list[str] = []
+        last_kind: tuple[object, ...] = ()
+        repeats = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                lines.append(line)
+                continue
+            if record.get("level") == "info" and record.get("msg") not in NOTABLE:
+                continue
+            kind = (record.get("level"), record.get("msg"), record.get("error"))
+            if kind == last_kind and record.get("level") != "info":
+                lines[-1] = lines[-1].split(" (×")[0] + f" (×{repeats + 1})"
+                repeats += 1
+                continue
+            last_kind, repeats = kind, 1
+            record.pop("ts", None)
+            lines.append(json.dumps(record)[:400])
+        return f"--- {self.log_path.name}\n" + "\n".join(lines[-limit:])
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs."""
