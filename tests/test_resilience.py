@@ -98,3 +98,44 @@ async def test_a_connection_whose_reader_died_is_made_again(
         assert client.stats["reconnects"] >= 1
     finally:
         await client.close()
+
+
+async def test_a_failing_after_reconnect_callback_does_not_undo_the_reconnect(
+    nats_server: ManagedNatsServer, nc: Client
+) -> None:
+    """The node restarts its KV watches after a reconnect, and the restart can time out while
+    a cluster re-elects leaders. nats-py awaits the callback inside the reconnect and treats
+    its exception as a failed reconnect: the connection was made again and again, and its
+    read loop could die. The callback runs beside the reconnect instead."""
+    calls = 0
+
+    async def restart_watches() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.5)
+        raise TimeoutError("watch restart timed out")
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    client = await connection.connect(nats_server.url, name="test")
+    try:
+        connection.on_reconnected(client, restart_watches)
+        nats_server.kill()
+        await nats_server.start()  # same port and store
+        await nc.flush(timeout=10)
+        await nc.subscribe("echo", cb=echo)
+        await nc.flush()
+
+        async def answered() -> bool:
+            try:
+                return (await client.request("echo", b"ping", timeout=0.5)).data == b"ping"
+            except nats.errors.Error:
+                return False
+
+        await eventually_async(answered, timeout=10)
+        await asyncio.sleep(2.0)  # long enough for the callback to fail, several times over
+        assert calls == 1 and client.stats["reconnects"] == 1
+        assert client.is_connected and await answered()
+    finally:
+        await client.close()

@@ -1,5 +1,6 @@
 """A NATS connection that reconnects forever and whose callbacks log and never raise."""
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -9,16 +10,20 @@ from nats.aio.client import Client
 log = logging.getLogger("driftlock.bus")
 
 
-async def _on_error(exc: Exception) -> None:
-    log.warning("nats error", extra={"error": repr(exc)})
+class _Logged:
+    """The connection's callbacks: they log with the connection's name (a node has three)."""
 
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-async def _on_disconnected() -> None:
-    log.warning("nats disconnected")
+    async def error(self, exc: Exception) -> None:
+        log.warning("nats error", extra={"connection": self.name, "error": repr(exc)})
 
+    async def disconnected(self) -> None:
+        log.warning("nats disconnected", extra={"connection": self.name})
 
-async def _on_reconnected() -> None:
-    log.info("nats reconnected")
+    async def reconnected(self) -> None:
+        log.info("nats reconnected", extra={"connection": self.name})
 
 
 PING_INTERVAL_S = 5.0
@@ -32,6 +37,7 @@ request, publish ack and pulled message then went nowhere for minutes."""
 
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
     """`url` may list several servers of one cluster, separated by commas."""
+    callbacks = _Logged(name)
     return await nats.connect(
         [u.strip() for u in url.split(",") if u.strip()],
         name=name,
@@ -43,9 +49,9 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Clien
         # The pull feed buffers whole batches; nats-py's default 64 MiB is kept, but the
         # message count limit must exceed a pull batch by far.
         pending_size=256 * 1024 * 1024,
-        error_cb=_on_error,
-        disconnected_cb=_on_disconnected,
-        reconnected_cb=_on_reconnected,
+        error_cb=callbacks.error,
+        disconnected_cb=callbacks.disconnected,
+        reconnected_cb=callbacks.reconnected,
     )
 
 
@@ -53,13 +59,35 @@ Callback = Callable[[], Awaitable[None]]
 
 
 def on_reconnected(nc: Client, callback: Callback) -> None:
-    """Run `callback` after every reconnect, after those already registered (nats-py has a
-    single callback slot)."""
+    """Run `callback` after every reconnect, in a task of its own, after the callbacks already
+    registered (nats-py has a single callback slot).
+
+    nats-py awaits its reconnected callback inside the reconnect and counts an exception
+    there as a failed reconnect. The node's callbacks restart KV watches, which time out while
+    a cluster that just lost a server re-elects leaders: nats-py then reconnected again while
+    the first new connection's reader still ran, the two readers met on one socket, and the
+    read loop died ("read() called while another coroutine is already waiting"). The
+    connection then flapped or went deaf, which is how CI's three-server test lost a node's
+    control connection. Here nats-py only starts the task; a newer reconnect cancels an
+    older callback still running, and a failure is logged."""
     first: Callback | None = nc._reconnected_cb
+    running: asyncio.Task[None] | None = None
 
     async def both() -> None:
+        nonlocal running
         if first is not None:
             await first()
-        await callback()
+        if running is not None:
+            running.cancel()
+        running = asyncio.create_task(_logged(callback))
 
     nc._reconnected_cb = both
+
+
+async def _logged(callback: Callback) -> None:
+    try:
+        await callback()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("after-reconnect callback failed", extra={"error": repr(exc)})

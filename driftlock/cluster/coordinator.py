@@ -281,6 +281,8 @@ class Coordinator:
         started = time.monotonic()
         try:
             for partition in partitions:
+                if self._closing:
+                    break  # the handoffs upload fresh snapshots; shutdown must not wait
                 if self._leases.valid(partition):
                     await self._upload(partition)
         finally:

@@ -119,7 +119,8 @@ class KvCache(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("kv watch failed; retrying", extra={"error": repr(exc)})
+                extra = {"bucket": self.kv._name, "error": repr(exc)}
+                log.warning("kv watch failed; retrying", extra=extra)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
