@@ -54,14 +54,18 @@ class KvCache(Generic[T]):
         self._loaded = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch_forever(), name=f"kv-watch-{self.kv._name}")
+        self._spawn()
         await asyncio.wait_for(self._loaded.wait(), 10)
 
     async def restart(self) -> None:
-        """Drop the watch and load the bucket again (after a reconnect)."""
+        """Drop the watch and load the bucket again (after a reconnect). It does not wait for
+        the load: the current entries serve until the new ones are in, and a watch that cannot
+        start yet (a cluster electing leaders) keeps trying on its own."""
         await self.stop()
-        self._loaded.clear()
-        await self.start()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._task = asyncio.create_task(self._watch_forever(), name=f"kv-watch-{self.kv._name}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
