@@ -68,7 +68,7 @@ def on_reconnected(nc: Client, callback: Callback) -> None:
     a cluster that just lost a server re-elects leaders: nats-py then reconnected again while
     the first new connection's reader still ran, the two readers met on one socket, and the
     read loop died ("read() called while another coroutine is already waiting"). The
-    connection then flapped or went deaf, which is how CI's three-server test lost a node's
+    connection then flapped or went deaf: that is how the three-server test lost a node's
     control connection. Here nats-py only starts the task; a newer reconnect cancels an
     older callback still running, and a failure is logged."""
     first: Callback | None = nc._reconnected_cb
