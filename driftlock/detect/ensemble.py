@@ -167,6 +167,7 @@ class Detector:
             state.cusum_up,
             state.cusum_down,
             state.drift_ring,
+            state.pivots,
         )
         after = (
             state.count,
@@ -250,6 +251,7 @@ class Detector:
             cusum_up=f.cusum_up,
             cusum_down=f.cusum_down,
             drift_ring=f.drift_ring.tobytes(),
+            pivots=f.pivots.tobytes(),
             centroids=centroids,
             hist=c.hist.tobytes(),
             refs=c.refs.tobytes(),
@@ -298,6 +300,7 @@ class _Front(NamedTuple):
     cusum_up: int
     cusum_down: int
     drift_ring: npt.NDArray[np.float32]
+    pivots: FloatArray
 
 
 class _Combined(NamedTuple):
@@ -348,6 +351,7 @@ def _front(
     cusum_up: int,
     cusum_down: int,
     stored_ring: bytes,
+    stored_pivots: bytes,
 ) -> tuple[Any, ...]:  # see _Front
     """Every detector but the learned model, the rules and the seasonal profiles (those only
     with timestamps) in one compiled call, reading the stored fields from the state's bytes;
@@ -417,7 +421,11 @@ def _front(
     counted = np.empty(n, dtype=np.bool_)
     for j in range(n):
         counted[j] = scored[j] and seasonal[j] != 0.0
-    rows, diffs, devs, scales, cusum_up, cusum_down = robust_rows(
+    pivots = (np.nan, np.nan, np.nan)  # unknown: a state from before them
+    if len(stored_pivots) == 24:
+        known = np.frombuffer(stored_pivots, dtype=np.float64)
+        pivots = (known[0], known[1], known[2])
+    rows, diffs, devs, scales, cusum_up, cusum_down, pivots = robust_rows(
         series,
         n,
         window,
@@ -428,6 +436,7 @@ def _front(
         count,
         cusum_up,
         cusum_down,
+        pivots,
     )
     old_ring = np.frombuffer(stored_ring, dtype=np.float32).astype(np.float64)
     drift, ring = drift_kernel(series, n, count, old_ring)
@@ -472,6 +481,7 @@ def _front(
         cusum_up,
         cusum_down,
         ring.astype(np.float32),
+        np.array(pivots),
     )
 
 

@@ -78,6 +78,11 @@ class DetectorState(msgspec.Struct, kw_only=True):
     distance unit (empty until trained)."""
     drift_ring: bytes = b""
     """float32: the level-drift detector's last `RING` recorded drifts (oldest first)."""
+    pivots: bytes = b""
+    """float64 [3]: the low middle value (the ((m + 1) // 2)-th smallest of m; NaN: none) of
+    each window the next point's long rolling medians read (values, devs, diffs), which
+    splits it into its halves in one pass (see `rolling.pivoted_median_before`); a state
+    from before them (empty) pays one selection per window once."""
 
 
 def floats(data: bytes) -> FloatArray:
