@@ -181,6 +181,7 @@ class Detector:
             state.surprise_ts,
             cfg.refractory,
             float(cfg.refractory_seconds),
+            float(cfg.threshold),
         )
         if trains_first(state, n):
             # The learned model's first training (in Python: it ranks vectors by norm as
@@ -206,7 +207,7 @@ class Detector:
             f, c = _Front._make(front), _Combined._make(back)
             centroids = model.tobytes() if retrained else state.centroids
         score, lower, upper, surprise = c.score, c.lower, c.upper, c.surprise
-        anomalies = np.flatnonzero(score >= cfg.threshold)
+        anomalies = c.anomalies
         kinds, agreed = [], []
         for j in anomalies:
             votes = surprise[:, j]
@@ -305,7 +306,9 @@ class _Front(NamedTuple):
 
 class _Combined(NamedTuple):
     """What `_back` hands back: the surprises [detector, point], the calibration to store,
-    the score and band, and the refractory period's surprises and times to store."""
+    the score and band, the refractory period's surprises and times to store, and the
+    anomalies (indices into the batch; found here, where a numpy call in Python costs more
+    than all the comparisons)."""
 
     surprise: FloatArray
     hist: npt.NDArray[np.int32]
@@ -316,6 +319,7 @@ class _Combined(NamedTuple):
     recent: FloatArray
     recent_fast: FloatArray
     recent_ts: FloatArray
+    anomalies: IntArray
 
 
 @jit
@@ -506,6 +510,7 @@ def _back(
     stored_times: bytes,
     refractory: int,
     refractory_seconds: float,
+    threshold: float,
 ) -> tuple[Any, ...]:  # see _Combined
     """Calibration, then `_combine`, in one compiled call; see `_Combined`. The stored
     surprises without the level drift's part stand in as the combined ones in a state from
@@ -537,7 +542,8 @@ def _back(
         scale,
         at[LEVEL],
     )
-    return surprise, hist, refs, score, lower, upper, recent, recent_fast, recent_ts
+    anomalies = np.flatnonzero(score >= threshold)
+    return surprise, hist, refs, score, lower, upper, recent, recent_fast, recent_ts, anomalies
 
 
 @jit
