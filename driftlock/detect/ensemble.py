@@ -167,6 +167,7 @@ class Detector:
             state.cusum_up,
             state.cusum_down,
             state.drift_ring,
+            state.drift_order,
             state.pivots,
         )
         after = (
@@ -252,6 +253,7 @@ class Detector:
             cusum_up=f.cusum_up,
             cusum_down=f.cusum_down,
             drift_ring=f.drift_ring.tobytes(),
+            drift_order=f.drift_order.tobytes(),
             pivots=f.pivots.tobytes(),
             centroids=centroids,
             hist=c.hist.tobytes(),
@@ -301,6 +303,7 @@ class _Front(NamedTuple):
     cusum_up: int
     cusum_down: int
     drift_ring: npt.NDArray[np.float32]
+    drift_order: npt.NDArray[np.uint8]
     pivots: FloatArray
 
 
@@ -355,6 +358,7 @@ def _front(
     cusum_up: int,
     cusum_down: int,
     stored_ring: bytes,
+    stored_order: bytes,
     stored_pivots: bytes,
 ) -> tuple[Any, ...]:  # see _Front
     """Every detector but the learned model, the rules and the seasonal profiles (those only
@@ -443,7 +447,7 @@ def _front(
         pivots,
     )
     old_ring = np.frombuffer(stored_ring, dtype=np.float32).astype(np.float64)
-    drift, ring = drift_kernel(series, n, count, old_ring)
+    drift, ring, order = drift_kernel(series, n, count, old_ring, stored_order)
     raw = np.empty((len(DETECTORS), n))
     raw[LEVEL] = rows[robust.LEVEL]
     raw[SEASONAL] = seasonal
@@ -485,6 +489,7 @@ def _front(
         cusum_up,
         cusum_down,
         ring.astype(np.float32),
+        order,
         np.array(pivots),
     )
 
