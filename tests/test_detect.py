@@ -496,6 +496,24 @@ def test_a_state_without_the_fast_surprises_still_runs() -> None:
     assert_same(run(x[3000:], ts=ts[3000:], state=stand_in), found)
 
 
+def test_a_state_without_pivots_carries_on_as_one_with_them() -> None:
+    """A state from before the rolling medians' pivots were kept (or with wrong ones) gives
+    the same results, and the same state once the call has returned."""
+    x, ts = eventful_series(19)
+    first = run(x[:3000], ts=ts[:3000])
+    assert len(first.state.pivots) == 24
+    found = run(x[3000:], ts=ts[3000:], state=first.state)
+    wrong = np.frombuffer(first.state.pivots) + 1.0
+    for pivots in (b"", wrong.tobytes()):
+        old = msgspec.structs.replace(first.state, pivots=pivots)
+        assert_same(run(x[3000:], ts=ts[3000:], state=old), found)
+        for sizes in ([1] * 300, [100] * 3):
+            assert_same(
+                run(x[3000:3300], sizes, ts=ts[3000:3300], state=old),
+                run(x[3000:3300], ts=ts[3000:3300], state=first.state),
+            )
+
+
 def _whole_table(day: bytes, lo: bytes, hi: bytes, rows: int) -> tuple[bytes, bytes, bytes]:
     """A table as states before stored only rows in use were written: every row, in its
     place (day % rows), empty ones marked -1."""

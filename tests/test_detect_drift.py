@@ -110,3 +110,25 @@ def test_a_short_rolling_window_still_keeps_what_the_drift_reads() -> None:
         scores.append(found.score)
     assert len(state.values) == HISTORY * 8
     np.testing.assert_array_equal(np.concatenate(scores), whole.score)
+
+
+def test_the_ring_order_is_kept_and_a_state_without_it_carries_on() -> None:
+    """The stored order is the ring's stable sort, ties included (whole numbers and a flat
+    stretch record many equal drifts); a state without it, or with a wrong one, gives the
+    same scores and the same state as with it."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(50.0, 2.0, 4000).round(0)
+    x[1000:2000] = 50.0
+    ts: FloatArray = T0 + 300.0 * np.arange(4000, dtype=np.float64)
+    detector = Detector()
+    state, _ = detector.detect(DetectorState(), x[:3000], ts[:3000])
+    ring = np.frombuffer(state.drift_ring, dtype=np.float32)
+    order = np.frombuffer(state.drift_order, dtype=np.uint8)
+    assert len(ring) == RING
+    np.testing.assert_array_equal(order, np.argsort(ring, kind="stable"))
+    after, found = detector.detect(state, x[3000:], ts[3000:])
+    for stored in (b"", order[::-1].tobytes()):
+        old = msgspec.structs.replace(state, drift_order=stored)
+        again, same = detector.detect(old, x[3000:], ts[3000:])
+        assert again == after
+        np.testing.assert_array_equal(same.score, found.score)

@@ -5,7 +5,14 @@ import bottleneck as bn
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect.rolling import max_before, median_before, sorted_mad, sorted_median, swap_in
+from driftlock.detect.rolling import (
+    max_before,
+    median_before,
+    pivoted_median_before,
+    sorted_mad,
+    sorted_median,
+    swap_in,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -70,3 +77,31 @@ def test_one_point_median_equals_numpys() -> None:
         expected = np.median(held) if len(held) else np.nan
         got = median_before(a, length - 1, 1, window, lag)
         assert np.array_equal(got, [expected], equal_nan=True)
+
+
+def low_middle(a: FloatArray, end: int, window: int) -> float:
+    """The ((m + 1) // 2)-th smallest of the m entries (NaN left out) ending before `end`."""
+    held = np.sort(a[max(0, end - window) : max(0, end)])
+    held = held[~np.isnan(held)]
+    return float(held[(len(held) - 1) // 2]) if len(held) else np.nan
+
+
+def test_pivoted_medians_equal_the_others_whatever_the_pivot() -> None:
+    """Given the first window's low middle, or a wrong or unknown pivot, the medians are
+    `median_before`'s bit for bit, and the pivot returned is the next window's low middle."""
+    rng = np.random.default_rng(17)
+    for _ in range(600):
+        length = int(rng.integers(2, 600))
+        a = rng.normal(size=length).round(int(rng.integers(0, 3)))  # ties when rounded
+        if rng.random() < 0.5:
+            a = np.cumsum(a)
+        a[rng.random(length) < rng.choice([0.0, 0.02, 0.3, 0.9])] = np.nan
+        window, lag = int(rng.integers(65, 300)), int(rng.integers(1, 20))
+        n = int(rng.integers(1, 3)) if rng.random() < 0.5 else int(rng.integers(1, length))
+        first = length - n
+        right = low_middle(a, first - lag + 1, window)
+        for pivot in (right, np.nan, float(rng.normal()), right + 1e-9):
+            got, following = pivoted_median_before(a, first, n, window, lag, pivot)
+            assert np.array_equal(got, median_before(a, first, n, window, lag), equal_nan=True)
+            expected = low_middle(a, length - lag + 1, window)
+            assert np.array_equal([following], [expected], equal_nan=True)

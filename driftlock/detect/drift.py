@@ -17,9 +17,10 @@ Deterministic and batch-invariant (order statistics of the history and of the ri
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from driftlock.detect.jit import jit
-from driftlock.detect.rolling import FloatArray, median_before, sorted_mad, sorted_median, swap_in
+from driftlock.detect.rolling import FloatArray, median_before, place, sorted_mad, sorted_median
 from driftlock.detect.state import DetectorState
 
 SPAN = 12
@@ -41,8 +42,8 @@ def drift_scores(
     """Raw scores for the last n entries of `series` (history + batch; the history holds at
     least HISTORY - 1 values unless it is the whole stream) and the ring to store."""
     old_ring = np.frombuffer(state.drift_ring, dtype=np.float32).astype(np.float64)
-    raw, ring = drift_kernel(series, n, state.count, old_ring)
-    return raw, {"drift_ring": ring.astype(np.float32).tobytes()}
+    raw, ring, order = drift_kernel(series, n, state.count, old_ring, state.drift_order)
+    return raw, {"drift_ring": ring.astype(np.float32).tobytes(), "drift_order": order.tobytes()}
 
 
 @jit
@@ -58,12 +59,16 @@ def _spread(ring: FloatArray, held: FloatArray) -> tuple[float, float]:
 
 @jit
 def drift_kernel(
-    series: FloatArray, n: int, count: int, old_ring: FloatArray
-) -> tuple[FloatArray, FloatArray]:
+    series: FloatArray, n: int, count: int, old_ring: FloatArray, stored_order: bytes
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.uint8]]:
+    """Raw scores for the last n entries of `series` (see `drift_scores`), the ring and its
+    order to store (`stored_order`: the stored ring's, see `DetectorState.drift_order`)."""
     h = len(series) - n
     ring = old_ring[-RING:].copy()
-    held = np.empty(RING)  # the ring in order, kept so as each drift is recorded
-    held[: len(ring)] = np.sort(ring)
+    # The ring in order (held) and where each of its drifts is in the ring (order), kept so
+    # as each drift is recorded.
+    held, order = np.empty(RING), np.empty(RING, dtype=np.int64)
+    _in_order(ring, stored_order, held, order)
     center, spread = _spread(ring, held) if len(ring) >= MIN_RING else (0.0, 0.0)
     raw = np.empty(n)
     raw.fill(np.nan)
@@ -82,8 +87,58 @@ def drift_kernel(
         if (count + j + 1) % SPAN == 0:
             # Recorded as stored (float32): a batch reads the ring a restart would.
             recorded = np.float64(np.float32(drift))
-            swap_in(held, len(ring), ring[0] if len(ring) == RING else np.nan, recorded)
+            _record(held, order, len(ring), ring[0] if len(ring) == RING else np.nan, recorded)
             ring = np.append(ring, recorded)[-RING:]
             if len(ring) >= MIN_RING:
                 center, spread = _spread(ring, held)
-    return raw, ring
+    return raw, ring, order[: len(ring)].astype(np.uint8)
+
+
+@jit
+def _in_order(
+    ring: FloatArray, stored: bytes, held: FloatArray, order: npt.NDArray[np.int64]
+) -> None:
+    """held[:m], order[:m] for the ring's m drifts: the stored order when it is the ring's
+    (a permutation that sorts it, equal drifts oldest first, as `_record` keeps it), which
+    is checked in one pass; otherwise sorted (a state from before it, or a ring with NaN)."""
+    m = len(ring)
+    if len(stored) == m:
+        seen = np.zeros(m, dtype=np.bool_)
+        known = np.frombuffer(stored, dtype=np.uint8)
+        valid = True
+        for k in range(m):
+            i = int(known[k])
+            if i >= m or seen[i] or not math.isfinite(ring[i]):
+                valid = False
+                break
+            seen[i] = True
+            order[k], held[k] = i, ring[i]
+            if k and (held[k] < held[k - 1] or (held[k] == held[k - 1] and i < order[k - 1])):
+                valid = False
+                break
+        if valid:
+            return
+    order[:m] = np.argsort(ring, kind="mergesort")  # stable: equal drifts oldest first
+    held[:m] = ring[order[:m]]
+
+
+@jit
+def _record(held: FloatArray, order: npt.NDArray[np.int64], m: int, out: float, x: float) -> None:
+    """`swap_in` keeping the order too: the oldest drift, `out` (NaN: the ring is not full
+    yet), leaves, and every ring position moves down by one; x comes in as the newest, after
+    the drifts equal to it."""
+    if not math.isnan(out):
+        i = place(held, m, out)  # the first of the drifts equal to it: the oldest
+        for t in range(i, m - 1):
+            held[t] = held[t + 1]
+            order[t] = order[t + 1]
+        m -= 1
+        for t in range(m):
+            order[t] -= 1
+    k = m
+    while k > 0 and held[k - 1] > x:
+        held[k] = held[k - 1]
+        order[k] = order[k - 1]
+        k -= 1
+    held[k] = x
+    order[k] = m

@@ -167,6 +167,8 @@ class Detector:
             state.cusum_up,
             state.cusum_down,
             state.drift_ring,
+            state.drift_order,
+            state.pivots,
         )
         after = (
             state.count,
@@ -180,6 +182,7 @@ class Detector:
             state.surprise_ts,
             cfg.refractory,
             float(cfg.refractory_seconds),
+            float(cfg.threshold),
         )
         if trains_first(state, n):
             # The learned model's first training (in Python: it ranks vectors by norm as
@@ -205,7 +208,7 @@ class Detector:
             f, c = _Front._make(front), _Combined._make(back)
             centroids = model.tobytes() if retrained else state.centroids
         score, lower, upper, surprise = c.score, c.lower, c.upper, c.surprise
-        anomalies = np.flatnonzero(score >= cfg.threshold)
+        anomalies = c.anomalies
         kinds, agreed = [], []
         for j in anomalies:
             votes = surprise[:, j]
@@ -250,6 +253,8 @@ class Detector:
             cusum_up=f.cusum_up,
             cusum_down=f.cusum_down,
             drift_ring=f.drift_ring.tobytes(),
+            drift_order=f.drift_order.tobytes(),
+            pivots=f.pivots.tobytes(),
             centroids=centroids,
             hist=c.hist.tobytes(),
             refs=c.refs.tobytes(),
@@ -298,11 +303,15 @@ class _Front(NamedTuple):
     cusum_up: int
     cusum_down: int
     drift_ring: npt.NDArray[np.float32]
+    drift_order: npt.NDArray[np.uint8]
+    pivots: FloatArray
 
 
 class _Combined(NamedTuple):
     """What `_back` hands back: the surprises [detector, point], the calibration to store,
-    the score and band, and the refractory period's surprises and times to store."""
+    the score and band, the refractory period's surprises and times to store, and the
+    anomalies (indices into the batch; found here, where a numpy call in Python costs more
+    than all the comparisons)."""
 
     surprise: FloatArray
     hist: npt.NDArray[np.int32]
@@ -313,6 +322,7 @@ class _Combined(NamedTuple):
     recent: FloatArray
     recent_fast: FloatArray
     recent_ts: FloatArray
+    anomalies: IntArray
 
 
 @jit
@@ -348,6 +358,8 @@ def _front(
     cusum_up: int,
     cusum_down: int,
     stored_ring: bytes,
+    stored_order: bytes,
+    stored_pivots: bytes,
 ) -> tuple[Any, ...]:  # see _Front
     """Every detector but the learned model, the rules and the seasonal profiles (those only
     with timestamps) in one compiled call, reading the stored fields from the state's bytes;
@@ -417,7 +429,11 @@ def _front(
     counted = np.empty(n, dtype=np.bool_)
     for j in range(n):
         counted[j] = scored[j] and seasonal[j] != 0.0
-    rows, diffs, devs, scales, cusum_up, cusum_down = robust_rows(
+    pivots = (np.nan, np.nan, np.nan)  # unknown: a state from before them
+    if len(stored_pivots) == 24:
+        known = np.frombuffer(stored_pivots, dtype=np.float64)
+        pivots = (known[0], known[1], known[2])
+    rows, diffs, devs, scales, cusum_up, cusum_down, pivots = robust_rows(
         series,
         n,
         window,
@@ -428,9 +444,10 @@ def _front(
         count,
         cusum_up,
         cusum_down,
+        pivots,
     )
     old_ring = np.frombuffer(stored_ring, dtype=np.float32).astype(np.float64)
-    drift, ring = drift_kernel(series, n, count, old_ring)
+    drift, ring, order = drift_kernel(series, n, count, old_ring, stored_order)
     raw = np.empty((len(DETECTORS), n))
     raw[LEVEL] = rows[robust.LEVEL]
     raw[SEASONAL] = seasonal
@@ -472,6 +489,8 @@ def _front(
         cusum_up,
         cusum_down,
         ring.astype(np.float32),
+        order,
+        np.array(pivots),
     )
 
 
@@ -496,6 +515,7 @@ def _back(
     stored_times: bytes,
     refractory: int,
     refractory_seconds: float,
+    threshold: float,
 ) -> tuple[Any, ...]:  # see _Combined
     """Calibration, then `_combine`, in one compiled call; see `_Combined`. The stored
     surprises without the level drift's part stand in as the combined ones in a state from
@@ -527,7 +547,8 @@ def _back(
         scale,
         at[LEVEL],
     )
-    return surprise, hist, refs, score, lower, upper, recent, recent_fast, recent_ts
+    anomalies = np.flatnonzero(score >= threshold)
+    return surprise, hist, refs, score, lower, upper, recent, recent_fast, recent_ts, anomalies
 
 
 @jit

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from driftlock.detect.calibrate import EPOCH
 from driftlock.detect.jit import jit
-from driftlock.detect.rolling import FloatArray, median_before
+from driftlock.detect.rolling import FloatArray, median_before, pivoted_median_before
 
 MAD_TO_SIGMA = 1.4826
 LONG_RUN = 16
@@ -55,12 +55,15 @@ def robust_rows(
     count: int,
     cusum_up: int,
     cusum_down: int,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, int, int]:
+    pivots: tuple[float, float, float],
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, int, int, tuple[float, float, float]]:
     """Raw scores of the three detectors for the batch, the last n entries of `series` (the
     stored values, then the batch), with the other per-point rows (see LEVEL ... BUILT) in
     one array, and the diffs, devs, scale ring and CUSUMs to store (the stored ones are read
     here, from the state's bytes); the CUSUM only counts the `counted` points (after the
-    warm-up, and not explained by the seasonal profile)."""
+    warm-up, and not explained by the seasonal profile). `pivots` are the low middles of the
+    first point's windows of the three long medians (values, devs, steps; see
+    `pivoted_median_before`), and the next point's are returned, to store."""
     old_diffs = np.frombuffer(stored_diffs, dtype=np.float64)
     old_devs = np.frombuffer(stored_devs, dtype=np.float64)
     ring = np.frombuffer(stored_scales, dtype=np.float64)
@@ -72,12 +75,12 @@ def robust_rows(
     for j in range(n):
         p = h + j
         diffs[len(old_diffs) + j] = abs(series[p] - series[p - 1]) if p > 0 else np.nan
-    median = median_before(series, h, n, window, 1)
+    median, level_pivot = pivoted_median_before(series, h, n, window, 1, pivots[0])
     for j in range(n):
         devs[len(old_devs) + j] = abs(series[h + j] - median[j])
-    mad = median_before(devs, len(old_devs), n, window, 1)
+    mad, scale_pivot = pivoted_median_before(devs, len(old_devs), n, window, 1, pivots[1])
     short = median_before(diffs, len(old_diffs), n, SHORT, 0)
-    long = median_before(diffs, len(old_diffs), n, window, SHORT)
+    long, step_pivot = pivoted_median_before(diffs, len(old_diffs), n, window, SHORT, pivots[2])
 
     rows = np.empty((7, n))
     level, shift, volatility = rows[LEVEL], rows[SHIFT], rows[VOLATILITY]
@@ -115,4 +118,5 @@ def robust_rows(
         ring,
         cusum_up,
         cusum_down,
+        (level_pivot, scale_pivot, step_pivot),
     )

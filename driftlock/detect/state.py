@@ -78,6 +78,15 @@ class DetectorState(msgspec.Struct, kw_only=True):
     distance unit (empty until trained)."""
     drift_ring: bytes = b""
     """float32: the level-drift detector's last `RING` recorded drifts (oldest first)."""
+    drift_order: bytes = b""
+    """uint8: the ring positions of `drift_ring`'s drifts in ascending order (equal ones
+    oldest first), so that a call does not sort the ring again (empty in a state from before
+    it: sorted once)."""
+    pivots: bytes = b""
+    """float64 [3]: the low middle value (the ((m + 1) // 2)-th smallest of m; NaN: none) of
+    each window the next point's long rolling medians read (values, devs, diffs), which
+    splits it into its halves in one pass (see `rolling.pivoted_median_before`); a state
+    from before them (empty) pays one selection per window once."""
 
 
 def floats(data: bytes) -> FloatArray:
