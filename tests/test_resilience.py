@@ -48,6 +48,22 @@ async def test_deleted_consumers_are_recreated_at_the_next_sequence(node: Node, 
     assert len(consumers) == TEST_PARTITIONS
 
 
+async def serve_echo(nc: Client) -> None:
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe("echo", cb=echo)
+    await nc.flush()
+
+
+async def echoes(client: Client, data: bytes) -> bool:
+    """Whether a request through `client` is answered (by `serve_echo`) within 0.5 s."""
+    try:
+        return (await client.request("echo", data, timeout=0.5)).data == data
+    except nats.errors.Error:
+        return False
+
+
 async def test_node_resumes_after_a_nats_server_restart(
     node: Node, nc: Client, nats_server: ManagedNatsServer
 ) -> None:
@@ -71,12 +87,7 @@ async def test_a_connection_whose_reader_died_is_made_again(
     on demand. Here the read loop is ended by hand: the unanswered PINGs must get the
     connection made again, and requests answered again."""
     monkeypatch.setattr(connection, "PING_INTERVAL_S", 0.2)
-
-    async def echo(msg: Msg) -> None:
-        await msg.respond(msg.data)
-
-    await nc.subscribe("echo", cb=echo)
-    await nc.flush()
+    await serve_echo(nc)
     client = await connection.connect(nats_server.url, name="test")
     try:
         assert (await client.request("echo", b"before", timeout=2)).data == b"before"
@@ -87,14 +98,7 @@ async def test_a_connection_whose_reader_died_is_made_again(
         assert reader.done() and client.is_connected  # the state the nats-py race leaves
         with pytest.raises(nats.errors.TimeoutError):
             await client.request("echo", b"lost", timeout=0.3)
-
-        async def answered() -> bool:
-            try:
-                return (await client.request("echo", b"after", timeout=0.5)).data == b"after"
-            except nats.errors.TimeoutError:
-                return False
-
-        await eventually_async(answered, timeout=10)
+        await eventually_async(lambda: echoes(client, b"after"), timeout=10)
         assert client.stats["reconnects"] >= 1
     finally:
         await client.close()
@@ -115,27 +119,16 @@ async def test_a_failing_after_reconnect_callback_does_not_undo_the_reconnect(
         await asyncio.sleep(0.5)
         raise TimeoutError("watch restart timed out")
 
-    async def echo(msg: Msg) -> None:
-        await msg.respond(msg.data)
-
     client = await connection.connect(nats_server.url, name="test")
     try:
         connection.on_reconnected(client, restart_watches)
         nats_server.kill()
         await nats_server.start()  # same port and store
         await nc.flush(timeout=10)
-        await nc.subscribe("echo", cb=echo)
-        await nc.flush()
-
-        async def answered() -> bool:
-            try:
-                return (await client.request("echo", b"ping", timeout=0.5)).data == b"ping"
-            except nats.errors.Error:
-                return False
-
-        await eventually_async(answered, timeout=10)
+        await serve_echo(nc)
+        await eventually_async(lambda: echoes(client, b"ping"), timeout=10)
         await asyncio.sleep(2.0)  # long enough for the callback to fail, several times over
         assert calls == 1 and client.stats["reconnects"] == 1
-        assert client.is_connected and await answered()
+        assert client.is_connected and await echoes(client, b"ping")
     finally:
         await client.close()
