@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -41,6 +42,12 @@ def start_gateway(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], st
     args = ["gateway", "--nats-url", url, "--gateway-port", "0", "--partitions", str(PARTITIONS)]
     process, record = spawn_driftlock(args, data_dir, "gateway started")
     return process, str(record["url"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def http_request(method: str, target: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -261,6 +268,7 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                 "anomaly query": http_request("GET", "/v1/anomalies?limit=10", auth),
             }
             client = LoadClient([b for _, b in started])
+            processes = [*(p for p, _ in started), node]
             rows = []
             try:
                 for name, request in requests.items():
@@ -268,7 +276,12 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                     waited, applied = await settle(node_metrics)
                     results[f"node settled before {name}"] = {"s": waited, "points": applied}
                     await client.send(request)  # a warm connection and a warm route
+                    cpu_before = [cpu_seconds(p.pid) for p in processes]
                     latencies, failed, achieved = await open_loop(client, rate, seconds, request)
+                    cpu = [
+                        cpu_seconds(p.pid) - c for p, c in zip(processes, cpu_before, strict=True)
+                    ]
+                    gateway_ms = 1000 * sum(cpu[:-1]) / len(latencies)
                     errors = sum(failed.values())
                     q = statistics.quantiles(latencies, n=100)
                     results[name] = {
@@ -278,10 +291,13 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                         "errors": errors,
                         "errors_by_status": {str(k): v for k, v in sorted(failed.items())},
                         "achieved_rate": achieved,
+                        "gateway_cpu_ms_per_request": gateway_ms,
+                        "node_cpu_ms_per_request": 1000 * cpu[-1] / len(latencies),
                     }
                     rows.append(
                         [name, rate, achieved, len(latencies), f"{q[49]:.1f}", f"{q[94]:.1f}",
-                         f"{q[98]:.1f}", f"{errors} {dict(failed)}" if errors else 0]
+                         f"{q[98]:.1f}", f"{gateway_ms:.2f}",
+                         f"{errors} {dict(failed)}" if errors else 0]
                     )  # fmt: skip
             finally:
                 client.close()
@@ -296,7 +312,17 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
             print(f"{key} in {value['s']:.1f} s, {value['points']:,.0f} points applied")
     print_table(
         f"Gateway latency at a fixed request rate (ms), {gateways} gateway process(es)",
-        ["request", "req/s", "sent req/s", "requests", "p50", "p95", "p99", "errors"],
+        [
+            "request",
+            "req/s",
+            "sent req/s",
+            "requests",
+            "p50",
+            "p95",
+            "p99",
+            "gateway CPU ms/req",
+            "errors",
+        ],
         rows,
     )
     return results

@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.gateway.control import TenantRecord
 from driftlock.gateway.server import GatewayServer
+from driftlock.wire.payload import MSGPACK, decode_points
 from tests.conftest import eventually
 from tests.gateway_helpers import new_tenant
 
@@ -95,6 +96,16 @@ async def test_ndjson_and_msgpack_bodies(gateway: GatewayServer, nc: Client) -> 
         msg = await nc.jetstream().get_last_msg("DL_EVENTS", "dl.p.*.acme.disk")
         assert msg.headers is not None and msg.headers["traceparent"].startswith("00-")
         assert msg.headers["Content-Type"] == "application/msgpack"
+        # As the node reads it: the columnar batch, a metric's parts joined in order.
+        parts = [{"metric": "net", "points": [[T0, 1.5], [T0 + 1, 2.5]]},
+                 {"metric": "net", "points": [[T0 + 2, 3.5]]}]  # fmt: skip
+        r = await client.post("/v1/ingest", json={"metrics": parts}, headers=owner.auth)
+        assert r.status_code == 202 and r.json() == {"accepted": 3, "metrics": 1}
+        msg = await nc.jetstream().get_last_msg("DL_EVENTS", "dl.p.*.acme.net")
+        assert msg.data is not None
+        decoded = decode_points(msg.data, MSGPACK, now=time.time(), max_points=10)
+        assert decoded.ts.tolist() == [T0, T0 + 1, T0 + 2] and not decoded.errors
+        assert decoded.values.tolist() == [1.5, 2.5, 3.5]
 
 
 async def test_body_size_limit_is_413(gateway: GatewayServer) -> None:

@@ -5,9 +5,12 @@ import math
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from opentelemetry.propagate import inject
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -18,12 +21,13 @@ from driftlock.gateway.models import IngestRequest, IngestResponse
 from driftlock.gateway.roles import Permission
 from driftlock.gateway.routing import Call, Endpoint, validation_details
 from driftlock.ids import is_valid_metric
-from driftlock.wire.payload import MAX_FUTURE_S, MIN_TS
+from driftlock.wire.payload import MAX_FUTURE_S, MIN_TS, MSGPACK, encode_columns
 
 Pairs = list[tuple[float, float]]
+Points = npt.NDArray[np.float64]
+"""One row per point: ts, value."""
 Errors = list[dict[str, str]]
 MAX_ERRORS = 100
-_msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 
 
@@ -81,7 +85,7 @@ def _fast_path(
     decoder: "msgspec.json.Decoder[_FastRequest] | msgspec.msgpack.Decoder[_FastRequest]",
     raw: bytes,
     now: float,
-) -> dict[str, Pairs] | None:
+) -> dict[str, Points] | None:
     """The common, valid request of [ts, value] pairs, decoded straight into floats and
     checked with numpy. Anything else (or anything wrong) goes the precise slow path, which
     names every bad field."""
@@ -89,19 +93,28 @@ def _fast_path(
         request = decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    batches: dict[str, Pairs] = {}
+    pairs: dict[str, list[Pairs]] = {}
     for m in request.metrics:
         if not m.points or not is_valid_metric(m.metric):
             return None
-        batches.setdefault(m.metric, []).extend(m.points)
-    if not batches:
+        pairs.setdefault(m.metric, []).append(m.points)
+    if not pairs:
         return None
-    lo, hi, finite = MIN_TS, now + MAX_FUTURE_S, math.isfinite
-    for pairs in batches.values():
-        for ts, value in pairs:  # a plain loop: numpy's array from tuples costs far more
-            if not (lo <= ts <= hi and finite(value)):
-                return None
+    batches = {metric: _as_points(*parts) for metric, parts in pairs.items()}
+    latest = now + MAX_FUTURE_S
+    for points in batches.values():
+        ts = points[:, 0]
+        if not (np.isfinite(points[:, 1]).all() and ts.min() >= MIN_TS and ts.max() <= latest):
+            return None
     return batches
+
+
+def _as_points(*parts: Pairs) -> Points:
+    """[ts, value] rows; fromiter over the flattened pairs is C speed, where building an
+    array from a list of tuples inspects every tuple."""
+    count = 2 * sum(map(len, parts))
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(parts)), np.float64, count)
+    return flat.reshape(-1, 2)
 
 
 def _decode(decode: Any, raw: bytes, what: str) -> Any:
@@ -113,7 +126,7 @@ def _decode(decode: Any, raw: bytes, what: str) -> Any:
         raise ApiError(400, "malformed_body", f"body is not valid {what}: {exc}") from None
 
 
-def _parse_document(doc: Any, now: float) -> dict[str, Pairs]:
+def _parse_document(doc: Any, now: float) -> dict[str, Points]:
     try:
         request = IngestRequest.model_validate(doc)
     except ValidationError as exc:
@@ -126,10 +139,10 @@ def _parse_document(doc: Any, now: float) -> dict[str, Pairs]:
             _add_point(point, f"metrics[{i}].points[{j}]", now, pairs, errors)
     if errors:
         raise invalid(errors[:MAX_ERRORS], f"{len(errors)} invalid points; nothing was ingested")
-    return batches
+    return {metric: _as_points(pairs) for metric, pairs in batches.items() if pairs}
 
 
-def _parse_ndjson(raw: bytes, now: float) -> dict[str, Pairs]:
+def _parse_ndjson(raw: bytes, now: float) -> dict[str, Points]:
     """Each line: {"metric", "points": [...]} or {"metric", "ts"?, "value"}."""
     metrics: list[Any] = []
     errors: Errors = []
@@ -210,19 +223,23 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
-def _chunks(pairs: Pairs, size: int) -> Iterator[Pairs]:
-    return (pairs[start : start + size] for start in range(0, len(pairs), size))
+def _chunks(points: Points, size: int) -> Iterator[Points]:
+    return (points[start : start + size] for start in range(0, len(points), size))
 
 
-async def _publish(call: Call, batches: dict[str, Pairs]) -> None:
+async def _publish(call: Call, batches: dict[str, Points]) -> None:
     gateway = call.gateway
     limit = gateway.settings.max_points_per_message
-    headers = {"Content-Type": "application/msgpack"}
+    headers = {"Content-Type": MSGPACK}
     inject(headers)  # the request's trace context travels with the events
     messages = (
-        (gateway.subjects.ingest(call.tenant, metric), _msgpack.encode(chunk), dict(headers))
-        for metric, pairs in batches.items()
-        for chunk in _chunks(pairs, limit)
+        (
+            gateway.subjects.ingest(call.tenant, metric),
+            encode_columns(chunk[:, 0], chunk[:, 1]),  # the cheapest payload to decode
+            dict(headers),
+        )
+        for metric, points in batches.items()
+        for chunk in _chunks(points, limit)
     )
     try:
         await publish_all(gateway.js, messages, timeout=10.0)
