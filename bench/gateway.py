@@ -1,5 +1,8 @@
 """Gateway latency under a fixed request rate (open loop): 100-point ingest requests and
 anomaly queries, against a `driftlock gateway` process, a node process and nats-server.
+Ingest is measured twice: with the node paused (the gateway and nats-server alone on the
+machine), and with the node detecting what comes in on the same cores. Each row also gives
+the gateway's CPU time per request.
 
     python -m bench.gateway [--rate 1000] [--seconds 10] [--quick]
 
@@ -15,10 +18,12 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -36,6 +41,11 @@ from driftlock.settings import load_settings
 
 MAX_CONNECTIONS = 64
 SEEDED_METRICS = 5
+INGEST_METRICS = 100
+PAUSED_INGEST = "ingest 100 points, node paused"
+"""Ingest with the node stopped (SIGSTOP), its events left in the stream until it resumes:
+the gateway and nats-server alone on the machine, as where gateways and nodes run on
+machines of their own. The plain ingest row has the node detecting on the same cores."""
 
 
 def start_gateway(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -162,15 +172,15 @@ class LoadClient:
 
 
 async def open_loop(
-    client: LoadClient, rate: float, seconds: float, request: bytes
+    client: LoadClient, rate: float, seconds: float, requests: Sequence[bytes]
 ) -> tuple[list[float], collections.Counter[int], float]:
-    """Send `request` at a fixed rate regardless of answers: latencies in ms (from each
-    request's scheduled time), errors, and the rate actually sent."""
+    """Send the requests in turn at a fixed rate regardless of answers: latencies in ms
+    (from each request's scheduled time), errors, and the rate actually sent."""
     latencies: list[float] = []
     failed: collections.Counter[int] = collections.Counter()
     clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
 
-    async def one(scheduled: float) -> None:
+    async def one(scheduled: float, request: bytes) -> None:
         try:
             status = await client.send(request)
         except OSError:
@@ -187,7 +197,7 @@ async def open_loop(
         delay = scheduled - clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
+        tasks.append(asyncio.create_task(one(scheduled, requests[i % len(requests)])))
     sent_in = clock() - start
     await asyncio.gather(*tasks)
     return latencies, failed, (total - 1) / sent_in if total > 1 else rate
@@ -208,6 +218,23 @@ async def settle(
             last, still_since = applied, time.perf_counter()
         await asyncio.sleep(0.1)
     return time.perf_counter() - started - quiet_s, last
+
+
+def ingest_bodies(count: int) -> list[bytes]:
+    """100-point requests as producers send them: each for one of INGEST_METRICS metrics in
+    turn, every metric's timestamps one second apart and moving on request by request."""
+    rng = np.random.default_rng(5)
+    t0 = time.time() - 3600 - count // INGEST_METRICS * 100
+    bodies = []
+    for i in range(count):
+        round_, metric = divmod(i, INGEST_METRICS)
+        ts = t0 + round_ * 100 + np.arange(100)
+        values = 50 + rng.normal(0, 2, 100)
+        points = [[t, v] for t, v in zip(ts.tolist(), values.tolist(), strict=True)]
+        bodies.append(
+            json.dumps({"metrics": [{"metric": f"load{metric}", "points": points}]}).encode()
+        )
+    return bodies
 
 
 async def seed_anomalies(client: httpx.AsyncClient, auth: dict[str, str]) -> int:
@@ -253,19 +280,16 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                 )
                 auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
                 results["anomalies_per_page"] = await seed_anomalies(login, auth)
-            t0 = time.time() - 3600
-            body = json.dumps(
-                {
-                    "metrics": [
-                        {"metric": "m0", "points": [[t0 + i, float(i % 10)] for i in range(100)]}
-                    ]
-                }
-            ).encode()
+            ingest_headers = {**auth, "Content-Type": "application/json"}
+            count = int(rate * seconds)
+            ingest = [
+                http_request("POST", "/v1/ingest", ingest_headers, body)
+                for body in ingest_bodies(2 * count)
+            ]
             requests = {
-                "ingest 100 points": http_request(
-                    "POST", "/v1/ingest", {**auth, "Content-Type": "application/json"}, body
-                ),
-                "anomaly query": http_request("GET", "/v1/anomalies?limit=10", auth),
+                PAUSED_INGEST: ingest[:count],
+                "ingest 100 points": ingest[count:],
+                "anomaly query": [http_request("GET", "/v1/anomalies?limit=10", auth)],
             }
             client = LoadClient([b for _, b in started])
             processes = [*(p for p, _ in started), node]
@@ -275,9 +299,16 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                     # Each kind on its own: the node first finishes what earlier ingest sent.
                     waited, applied = await settle(node_metrics)
                     results[f"node settled before {name}"] = {"s": waited, "points": applied}
-                    await client.send(request)  # a warm connection and a warm route
+                    await client.send(request[0])  # a warm connection and a warm route
                     cpu_before = [cpu_seconds(p.pid) for p in processes]
-                    latencies, failed, achieved = await open_loop(client, rate, seconds, request)
+                    if name == PAUSED_INGEST:
+                        node.send_signal(signal.SIGSTOP)
+                    try:
+                        latencies, failed, achieved = await open_loop(
+                            client, rate, seconds, request
+                        )
+                    finally:
+                        node.send_signal(signal.SIGCONT)
                     cpu = [
                         cpu_seconds(p.pid) - c for p, c in zip(processes, cpu_before, strict=True)
                     ]

@@ -60,6 +60,7 @@ class GatewayMetrics:
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._latency: dict[str, Any] = {}
         self._tenant_requests: dict[str, Any] = {}
+        self._tenant_points: dict[str, Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, started: float) -> None:
         key = (route, method, status)
@@ -77,6 +78,12 @@ class GatewayMetrics:
         if counter is None:
             counter = self._tenant_requests[tenant] = self.tenant_requests.labels(tenant)
         counter.inc()
+
+    def count_tenant_points(self, tenant: str, points: int) -> None:
+        counter = self._tenant_points.get(tenant)
+        if counter is None:
+            counter = self._tenant_points[tenant] = self.tenant_points.labels(tenant)
+        counter.inc(points)
 
 
 @dataclass
@@ -123,4 +130,4 @@ class Gateway:
 
     def count_points(self, tenant: str, points: int) -> None:
         self.usage_points[tenant] += points
-        self.metrics.tenant_points.labels(tenant).inc(points)
+        self.metrics.count_tenant_points(tenant, points)
