@@ -13,9 +13,11 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
+from driftlock.actors.partition import _concatenate
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
 from driftlock.settings import Settings
+from driftlock.wire.payload import decode_points
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
 
 T0 = 1_732_550_400.0
@@ -196,3 +198,15 @@ async def test_workers_go_on_while_commits_wait_and_never_read_an_actor_behind_i
 
 def _p(metric: str) -> int:
     return partition_of("acme", metric, TEST_PARTITIONS)
+
+
+def test_a_streams_messages_join_in_order_with_their_sequences_and_point_indexes() -> None:
+    now = 1_800_000_000.0
+    one = decode_points(b"[1700000000, 1.0]", None, now=now, max_points=10)
+    three = decode_points(b"[[1700000001, 2], [1700000002, 3], [1700000003, 4]]", None,
+                          now=now, max_points=10)  # fmt: skip
+    ts, values, seqs, indexes = _concatenate([(one, 7), (three, 9), (one, 12)])
+    assert ts.tolist() == [1.7e9, 1.7e9 + 1, 1.7e9 + 2, 1.7e9 + 3, 1.7e9]
+    assert values.tolist() == [1.0, 2.0, 3.0, 4.0, 1.0]
+    assert seqs.tolist() == [7, 9, 9, 9, 12] and indexes.tolist() == [0, 0, 1, 2, 0]
+    assert seqs.dtype == indexes.dtype == np.int64

@@ -452,8 +452,13 @@ def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray
         decoded, seq = parts[0]
         seqs = np.full(len(decoded.values), seq, dtype=np.int64)
         return decoded.ts, decoded.values, seqs, decoded.index.astype(np.int64)
-    ts = np.concatenate([p.ts for p, _ in parts])
-    values = np.concatenate([p.values for p, _ in parts])
-    seqs = np.concatenate([np.full(len(p.values), s, dtype=np.int64) for p, s in parts])
-    indexes = np.concatenate([p.index for p, _ in parts]).astype(np.int64)
+    # A stream's single-point messages come as many one-point parts: whole-list numpy calls
+    # only (a numpy call per part cost more than the detector's share of a point).
+    pieces = [p for p, _ in parts]
+    ts = np.concatenate([p.ts for p in pieces])
+    values = np.concatenate([p.values for p in pieces])
+    seqs = np.repeat(
+        np.array([s for _, s in parts], dtype=np.int64), [len(p.values) for p in pieces]
+    )
+    indexes = np.concatenate([p.index for p in pieces]).astype(np.int64)
     return ts, values, seqs, indexes
