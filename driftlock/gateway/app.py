@@ -173,10 +173,12 @@ class ObservedApp:
     def __init__(self, app: ASGIApp, holder: GatewayApp, max_body_bytes: int) -> None:
         self.app, self.holder, self.max_body = app, holder, max_body_bytes
         self.tracer = tracing.tracer("driftlock.gateway")
-        # Starlette's error middlewares, router and request/response wrappers cost about a
-        # quarter of a small request's CPU (measured on ingest). An endpoint at a fixed path
-        # needs none of them: its errors become responses right here, through the same
-        # handlers. HEAD, 404s, 405s, templated paths and WebSockets take Starlette's way.
+        # Starlette's error middlewares, router and request/response wrappers were a quarter
+        # of the samples in a profile of ingest at 1,000 req/s; calling the endpoint directly
+        # took the gateway from 0.92 to 0.82-0.87 ms of CPU per ingest request. An endpoint
+        # at a fixed path needs none of them: its errors become responses right here,
+        # through the same handlers. HEAD, 404s, 405s, templated paths and WebSockets take
+        # Starlette's way.
         self.direct = {(e.method, e.path): e for e in ENDPOINTS if "{" not in e.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
