@@ -332,7 +332,7 @@ class PartitionWorker:
                         (subject(a.tenant, a.metric), json_encoder.encode(a), h)
                         for a, h in zip(anomalies, headers, strict=True)
                     )
-                    await publish_all(self._js, messages, timeout=ACK_TIMEOUT_S)
+                    await publish_all(self._nc, messages, timeout=ACK_TIMEOUT_S)
                     return
                 except Exception as exc:
                     if self._stopping.is_set():

@@ -242,7 +242,7 @@ async def _publish(call: Call, batches: dict[str, Points]) -> None:
         for chunk in _chunks(points, limit)
     )
     try:
-        await publish_all(gateway.js, messages, timeout=10.0)
+        await publish_all(gateway.nc, messages, timeout=10.0)
     except Exception as exc:
         raise ApiError(503, "unavailable", f"events could not be stored: {exc!r}") from None
 
