@@ -16,6 +16,7 @@ shows as queueing, not as a lower rate; the achieved rate is reported next to th
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import signal
@@ -260,6 +261,44 @@ async def seed_anomalies(client: httpx.AsyncClient, auth: dict[str, str]) -> int
     return found
 
 
+async def measure(
+    client: LoadClient,
+    processes: list[subprocess.Popen[bytes]],
+    requests: list[bytes],
+    rate: float,
+    seconds: float,
+    *,
+    pause_node: bool,
+) -> dict[str, Any]:
+    """One open-loop phase: latency quantiles, errors, and CPU per request of the gateway
+    processes and of the node (the last process)."""
+    node = processes[-1]
+    await client.send(requests[0])  # a warm connection and a warm route
+    cpu_before = [cpu_seconds(p.pid) for p in processes]
+    if pause_node:
+        node.send_signal(signal.SIGSTOP)
+    gc.collect()  # the load generator's own pauses are not the gateway's
+    gc.disable()
+    try:
+        latencies, failed, achieved = await open_loop(client, rate, seconds, requests)
+    finally:
+        gc.enable()
+        node.send_signal(signal.SIGCONT)
+    cpu = [cpu_seconds(p.pid) - c for p, c in zip(processes, cpu_before, strict=True)]
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "requests": len(latencies),
+        "errors": sum(failed.values()),
+        "errors_by_status": {str(k): v for k, v in sorted(failed.items())},
+        "achieved_rate": achieved,
+        "gateway_cpu_ms_per_request": 1000 * sum(cpu[:-1]) / len(latencies),
+        "node_cpu_ms_per_request": 1000 * cpu[-1] / len(latencies),
+    }
+
+
 async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]:
     results: dict[str, Any] = {"rate": rate, "seconds": seconds, "gateways": gateways}
     with tempfile.TemporaryDirectory() as tmp:
@@ -299,36 +338,15 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                     # Each kind on its own: the node first finishes what earlier ingest sent.
                     waited, applied = await settle(node_metrics)
                     results[f"node settled before {name}"] = {"s": waited, "points": applied}
-                    await client.send(request[0])  # a warm connection and a warm route
-                    cpu_before = [cpu_seconds(p.pid) for p in processes]
-                    if name == PAUSED_INGEST:
-                        node.send_signal(signal.SIGSTOP)
-                    try:
-                        latencies, failed, achieved = await open_loop(
-                            client, rate, seconds, request
-                        )
-                    finally:
-                        node.send_signal(signal.SIGCONT)
-                    cpu = [
-                        cpu_seconds(p.pid) - c for p, c in zip(processes, cpu_before, strict=True)
-                    ]
-                    gateway_ms = 1000 * sum(cpu[:-1]) / len(latencies)
-                    errors = sum(failed.values())
-                    q = statistics.quantiles(latencies, n=100)
-                    results[name] = {
-                        "p50_ms": q[49],
-                        "p95_ms": q[94],
-                        "p99_ms": q[98],
-                        "errors": errors,
-                        "errors_by_status": {str(k): v for k, v in sorted(failed.items())},
-                        "achieved_rate": achieved,
-                        "gateway_cpu_ms_per_request": gateway_ms,
-                        "node_cpu_ms_per_request": 1000 * cpu[-1] / len(latencies),
-                    }
+                    results[name] = await measure(
+                        client, processes, request, rate, seconds, pause_node=name == PAUSED_INGEST
+                    )
+                    got = results[name]
                     rows.append(
-                        [name, rate, achieved, len(latencies), f"{q[49]:.1f}", f"{q[94]:.1f}",
-                         f"{q[98]:.1f}", f"{gateway_ms:.2f}",
-                         f"{errors} {dict(failed)}" if errors else 0]
+                        [name, rate, got["achieved_rate"], got["requests"], f"{got['p50_ms']:.1f}",
+                         f"{got['p95_ms']:.1f}", f"{got['p99_ms']:.1f}",
+                         f"{got['gateway_cpu_ms_per_request']:.2f}",
+                         f"{got['errors']} {got['errors_by_status']}" if got["errors"] else 0]
                     )  # fmt: skip
             finally:
                 client.close()
