@@ -1,7 +1,8 @@
 """Traces as an operator gets them: `driftlock up` pointed at an OTLP/HTTP collector (a real
 HTTP server here, decoding the protobuf the SDK sends) exports the gateway's request spans and
 the node's anomaly spans, and an anomaly's span continues the trace of the ingest request
-that carried its point."""
+that carried its point; without an exporter, spans record nothing but still carry the
+trace on."""
 
 import asyncio
 import os
@@ -17,11 +18,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from opentelemetry import propagate, trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
+from driftlock import tracing
 from tests.processes import owner_credentials, start_up
 
 T0 = 1_700_000_000.0
@@ -166,3 +169,23 @@ def test_an_unknown_trace_exporter_is_refused_at_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "OTEL_TRACES_EXPORTER='zipkin'" in result.stderr
     assert "otlp, console, none" in result.stderr
+
+
+def test_without_an_exporter_spans_record_nothing_but_carry_the_trace_on() -> None:
+    tracer = tracing.tracer("test")  # no configure_tracing here, as in any embedding program
+    root = tracer.start_span("request")
+    assert not root.is_recording()
+    context = root.get_span_context()
+    assert context.is_valid and context.trace_flags.sampled  # downstream exporters keep theirs
+    child = tracer.start_span("publish", context=trace.set_span_in_context(root))
+    assert child.get_span_context().trace_id == context.trace_id
+    assert child.get_span_context().span_id != context.span_id
+    with tracer.start_as_current_span("notify", context=trace.set_span_in_context(root)) as span:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+        span_id = f"{span.get_span_context().span_id:016x}"
+        assert headers["traceparent"] == f"00-{context.trace_id:032x}-{span_id}-01"
+    incoming = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-00"}  # a caller's unsampled trace
+    remote = tracer.start_span("anomaly", context=propagate.extract(incoming))
+    assert f"{remote.get_span_context().trace_id:032x}" == "ab" * 16
+    assert not remote.get_span_context().trace_flags.sampled
