@@ -309,6 +309,7 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
         node, node_metrics = start_node(url, Path(tmp) / "node")
         started = [start_gateway(url, Path(tmp) / f"gw{i}") for i in range(gateways)]
         base = started[0][1]
+        processes = [*(p for p, _ in started), node]  # the node last, as measure() takes it
         try:
             creds = await create_tenant_once(
                 load_settings(nats_url=url), "bench", "bench@example.com", "unlimited"
@@ -331,7 +332,6 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
                 "anomaly query": [http_request("GET", "/v1/anomalies?limit=10", auth)],
             }
             client = LoadClient([b for _, b in started])
-            processes = [*(p for p, _ in started), node]
             rows = []
             try:
                 for name, request in requests.items():
@@ -351,7 +351,7 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
             finally:
                 client.close()
         finally:
-            for process in [*(p for p, _ in started), node]:
+            for process in processes:
                 process.terminate()
                 process.wait(30)
             server.stop()

@@ -52,25 +52,22 @@ def chosen_exporter() -> str:
     return named
 
 
-def configure_tracing(service: str) -> TracerProvider:
-    """Installs this process's tracer provider (once: OTel keeps the first one)."""
+def configure_tracing(service: str) -> TracerProvider | None:
+    """Installs this process's tracer provider (once: OTel keeps the first one); none when
+    nothing would export, so `tracer` hands out non-recording spans."""
     exporter = chosen_exporter()
+    if exporter == "none":
+        return None
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
     if exporter == "otlp":
         # Imported here: only a process that exports pays for protobuf and requests.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    elif exporter == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     else:
-        _silent.add(id(provider))
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
-
-
-_silent: set[int] = set()
-"""Providers configure_tracing installed without an exporter."""
 
 
 def tracer(name: str) -> trace.Tracer:
@@ -79,7 +76,7 @@ def tracer(name: str) -> trace.Tracer:
     spans record nothing but carry real ids, so trace context propagates all the same
     (OTel's default no-op spans would not)."""
     provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider) and id(provider) not in _silent:
+    if isinstance(provider, TracerProvider):
         return provider.get_tracer(name)
     return _PROPAGATING
 
