@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
     )
     pull_batch: int = Field(2000, ge=1, le=100_000, description="messages per pull request")
+    detect_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="threads the partitions' detectors run on; 0: one per CPU core",
+    )
     max_points_per_message: int = Field(10_000, ge=1, description="larger batches are rejected")
     passivate_after_s: float = Field(
         300.0, gt=0, description="idle seconds before an actor leaves memory"

@@ -4,6 +4,7 @@ Prometheus endpoint reports what happened."""
 import asyncio
 import json
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -193,6 +194,47 @@ async def test_workers_go_on_while_commits_wait_and_never_read_an_actor_behind_i
         assert metric(text, "driftlock_actor_activations_total", '{source="lmdb"}') == 0
         assert metric(text, "driftlock_events_applied_total") == 900
     finally:
+        await node.shutdown()
+
+
+async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_only_after_it(
+    node_settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detection runs on the node's detection threads: while one partition's batch is held
+    in its detector, another partition's batch is detected and applied. A partition task
+    cancelled meanwhile ends only once its thread let go of the actors."""
+    release, entered = threading.Event(), threading.Event()
+    threads: set[str] = set()
+    detect = Detector.detect
+
+    def held_detect(self: Detector, state: object, values: np.ndarray, *args: object) -> object:
+        if values[0] in (999.0, 1.0):  # this test's points (not the detector's warm-up)
+            threads.add(threading.current_thread().name)
+        if values[0] == 999.0:
+            entered.set()
+            assert release.wait(10.0)
+        return detect(self, state, values, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Detector, "detect", held_detect)
+    slow, other = "slow", next(m for m in ("b", "c", "d", "e") if _p(m) != _p("slow"))
+    node = Node(node_settings.model_copy(update={"detect_threads": 2}))
+    await node.start()
+    try:
+        await nc.publish(f"dl.in.acme.{slow}", json.dumps([T0, 999.0]).encode())
+        await eventually(entered.is_set)
+        await nc.publish(f"dl.in.acme.{other}", json.dumps([T0, 1.0]).encode())
+        await eventually(lambda: node.store.read_actor(_p(other), "acme", other) is not None)
+        assert len(threads) == 2 and all(name.startswith("detect") for name in threads)
+
+        task = node.supervisor._tasks[_p(slow)]
+        task.cancel()
+        await asyncio.sleep(0.3)
+        assert not task.done()  # its actors are still the detection thread's
+        release.set()
+        await eventually(task.done)
+        assert task.cancelled()
+    finally:
+        release.set()
         await node.shutdown()
 
 

@@ -3,8 +3,10 @@ partition workers, the subject guard and the Prometheus endpoint."""
 
 import asyncio
 import logging
+import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -51,6 +53,7 @@ class Node:
     _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
     _tuning: TuningWatch | None = None
+    _threads: ThreadPoolExecutor | None = None
 
     @property
     def store(self) -> StateStore:
@@ -101,6 +104,9 @@ class Node:
         )
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.
+        self._threads = threads = ThreadPoolExecutor(
+            s.detect_threads or os.cpu_count() or 1, thread_name_prefix="detect"
+        )
         actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)
 
         def owns(partition: int) -> bool:
@@ -117,6 +123,7 @@ class Node:
                 metrics=self.metrics,
                 config=config,
                 actors=actors,
+                threads=threads,
                 owns=owns,
             )
 
@@ -231,6 +238,8 @@ class Node:
             await self._coordinator.stop()
         if self._supervisor is not None:
             await self._supervisor.stop()
+        if self._threads is not None:
+            self._threads.shutdown()
         if self._store is not None:
             self._store.close()
         for connection in (self._nc, self._control_nc):
