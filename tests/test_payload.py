@@ -432,6 +432,21 @@ def test_columnar_msgpack_batch_decodes_to_the_same_arrays_as_pairs() -> None:
     assert np.array_equal(fast.values, slow.values) and np.array_equal(fast.index, slow.index)
 
 
+def test_point_indexes_are_shared_read_only_and_grow_with_the_largest_batch() -> None:
+    """The indexes come from one array kept for every message: no message may change
+    another's, and a batch larger than any before still gets all of its own."""
+    small = decode_points(columnar([NOW, NOW], [1.0, 2.0]), "application/msgpack", now=NOW,
+                          max_points=100_000)  # fmt: skip
+    n = 70_000
+    large = decode_points(
+        columnar([NOW - 1] * n, [0.0] * n), "application/msgpack", now=NOW, max_points=100_000
+    )
+    assert small.index.tolist() == [0, 1]
+    assert np.array_equal(large.index, np.arange(n)) and large.index.dtype == np.int32
+    with pytest.raises(ValueError, match="read-only"):
+        large.index[0] = 5
+
+
 def test_columnar_batch_rejects_bad_points_by_index_and_bad_shapes_whole() -> None:
     got = decode_points(
         columnar([NOW, NOW - 100 + 1, 1.0], [1.0, float("nan"), 2.0]),
