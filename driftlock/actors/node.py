@@ -6,7 +6,6 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -14,6 +13,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import start_http_server
 
+from driftlock.actors.detection import DetectionThreads
 from driftlock.actors.guard import SubjectGuard
 from driftlock.actors.metrics import NodeMetrics
 from driftlock.actors.partition import PartitionWorker, WorkerConfig
@@ -53,7 +53,7 @@ class Node:
     _queries: QueryResponder | None = None
     _http: WSGIServer | None = None
     _tuning: TuningWatch | None = None
-    _threads: ThreadPoolExecutor | None = None
+    _threads: DetectionThreads | None = None
 
     @property
     def store(self) -> StateStore:
@@ -104,9 +104,7 @@ class Node:
         )
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.
-        self._threads = threads = ThreadPoolExecutor(
-            s.detect_threads or os.cpu_count() or 1, thread_name_prefix="detect"
-        )
+        self._threads = threads = DetectionThreads(s.detect_threads or os.cpu_count() or 1)
         actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)
 
         def owns(partition: int) -> bool:

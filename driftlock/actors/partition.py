@@ -6,11 +6,7 @@ Anomalies are published (and acknowledged by JetStream) before the commit. A cra
 between replays the batch; detection is deterministic, so the replay makes the same anomaly
 ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what it stored.
 
-Detection runs on the node's detection threads, a batch at a time: the compiled detectors
-release the GIL, so while one partition's batch is scored the event loop goes on receiving,
-decoding and committing the others' (measured: +55% events/s on a backlog of 100-point
-batches, two cores). A partition hands its threads one batch and awaits it, so a stream's
-points are still applied in order, by one thread at a time.
+A batch's actors apply their points on the node's detection threads (`detection.py`).
 
 Commits are pipelined: the worker hands a batch's states to the store's writer thread and
 goes on with the next batch while the fsync runs. Waiting for it instead put a whole fsync in
@@ -26,8 +22,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from nats.aio.client import Client
@@ -36,6 +32,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
 from driftlock.actors.actor import StreamActor
+from driftlock.actors.detection import DetectionThreads
 from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
 from driftlock.actors.residency import ActiveActors
 from driftlock.bus.feed import Delivery, PartitionFeed
@@ -106,7 +103,7 @@ class PartitionWorker:
         metrics: NodeMetrics,
         config: WorkerConfig,
         actors: ActiveActors,
-        threads: Executor,
+        threads: DetectionThreads,
         owns: Callable[[int], bool] = lambda partition: True,
     ) -> None:
         self.partition = partition
@@ -187,7 +184,7 @@ class PartitionWorker:
             return
         touched = {key: self._actor(*key) for key in slices}
         work = list(zip(touched.values(), slices.values(), strict=True))
-        anomalies, points = await self._detect(work)
+        anomalies, points = await self._threads.run(partial(_apply, self._detector, work))
         self._check_ownership()
         await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
@@ -221,21 +218,6 @@ class PartitionWorker:
             self._settle()  # its own callback may not have run yet
         if self._failed is not None:
             raise self._failed
-
-    async def _detect(
-        self, work: list[tuple[StreamActor, list[Slice]]]
-    ) -> tuple[list[Anomaly], int]:
-        """Every actor of the batch applies its points, on a detection thread."""
-        future = asyncio.get_running_loop().run_in_executor(
-            self._threads, _apply, self._detector, work
-        )
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The actors are the thread's until it is done with them: a successor must not
-            # read or drop them while it still writes.
-            await asyncio.wait([future])
-            raise
 
     def _settle(self) -> None:
         """Account for the commits that are durable, oldest first (the writer keeps order)."""
