@@ -59,9 +59,27 @@ def test_same_scores_and_model_however_batched() -> None:
     assert model == cut_model
 
 
+def test_compiled_first_training_is_learned_scores() -> None:
+    """The first model, trained in the compiled call, is numpy's bit for bit (norms, stable
+    ranks and all), on noise, steps with tied norms and a batch past several boundaries."""
+    rng = np.random.default_rng(8)
+    for x in (
+        rng.normal(0.0, 1.0, 2000),
+        np.repeat(rng.integers(0, 3, 200).astype(np.float64), 10),
+        np.cumsum(rng.normal(size=2000)) * 1e3,
+    ):
+        for count, size in ((500, 20), (0, 600), (400, 1200), (511, 1)):
+            state = DetectorState(count=count)
+            series, scale = x[: count + size], rng.uniform(0.5, 2.0, size)
+            raw, stored = learned_scores(state, series, size, scale)
+            compiled, trained, retrained = trained_scores(b"", series, size, scale, count)
+            assert stored and retrained
+            assert raw.tobytes() == compiled.tobytes() and stored == trained.tobytes()
+
+
 def test_compiled_retraining_is_learned_scores() -> None:
-    """The ensemble's compiled path (every training but the first) gives learned_scores'
-    scores and model bit for bit, across one and several retraining boundaries."""
+    """The ensemble's compiled path gives learned_scores' scores and model bit for bit,
+    across one and several retraining boundaries."""
     rng = np.random.default_rng(5)
     x = np.sin(np.arange(3000) / 15.0) * 5 + rng.normal(0.0, 1.0, 3000)
     _, model = _scores(x[:700], [700])

@@ -40,7 +40,7 @@ from driftlock.detect.calibrate import Calibrator, stored_surprise
 from driftlock.detect.config import DetectorConfig
 from driftlock.detect.drift import HISTORY, drift_kernel
 from driftlock.detect.jit import jit
-from driftlock.detect.learned import learned_scores, trained_scores, trains_first
+from driftlock.detect.learned import trained_scores
 from driftlock.detect.robust import SHORT, robust_rows
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.rules import BoolArray, both_checks, flatline
@@ -184,29 +184,12 @@ class Detector:
             float(cfg.refractory_seconds),
             float(cfg.threshold),
         )
-        if trains_first(state, n):
-            # The learned model's first training (in Python: it ranks vectors by norm as
-            # numpy does), between two compiled calls.
-            f = _Front._make(_front(*before))
-            rows = f.rows
-            f.raw[SHAPE], centroids = learned_scores(state, f.series, n, rows[robust.SCALE])
-            c = _Combined._make(
-                _back(
-                    f.raw,
-                    f.scored,
-                    f.missing,
-                    f.flat,
-                    times,
-                    rows[robust.MEDIAN],
-                    rows[robust.SCALE],
-                    *after,
-                )
-            )
-        else:
-            # The usual call, retraining included: all one compiled call.
-            front, back, model, retrained = _whole(before, state.centroids, after)
-            f, c = _Front._make(front), _Combined._make(back)
-            centroids = model.tobytes() if retrained else state.centroids
+        # One compiled call, the learned model's trainings included (the first one too: in
+        # Python it held the GIL for ~0.5 ms a stream, and streams that start together train
+        # together).
+        front, back, model, retrained = _whole(before, state.centroids, after)
+        f, c = _Front._make(front), _Combined._make(back)
+        centroids = model.tobytes() if retrained else state.centroids
         score, lower, upper, surprise = c.score, c.lower, c.upper, c.surprise
         anomalies = c.anomalies
         kinds, agreed = [], []
@@ -555,9 +538,8 @@ def _back(
 def _whole(
     before: tuple[Any, ...], centroids: bytes, after: tuple[Any, ...]
 ) -> tuple[tuple[Any, ...], tuple[Any, ...], FloatArray, bool]:
-    """`_front`, the learned model (retrained at its boundaries) and `_back` in one compiled
-    call, for a batch that does not train the first model; also the model and whether it
-    was retrained."""
+    """`_front`, the learned model (trained at its boundaries) and `_back` in one compiled
+    call; also the model and whether it was retrained."""
     f = _front(*before)
     series, raw, scored, missing, flat, rows = f[0], f[1], f[2], f[3], f[4], f[5]
     raw[SHAPE], model, retrained = trained_scores(

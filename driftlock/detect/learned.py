@@ -38,7 +38,10 @@ def learned_scores(
     state: DetectorState, series: FloatArray, n: int, scale: FloatArray
 ) -> tuple[FloatArray, bytes]:
     """Raw scores for the last n entries of `series` (history + batch), given each point's
-    robust scale; returns them and the model to store (centroids, then the distance unit)."""
+    robust scale; returns them and the model to store (centroids, then the distance unit).
+
+    In numpy, the reference the detector's compiled `trained_scores` is tested against bit
+    for bit."""
     model = stored = floats(state.centroids)
     if len(series) <= DIMS:
         return np.full(n, np.nan), state.centroids
@@ -62,19 +65,12 @@ def learned_scores(
     return raw, model.tobytes() if model is not stored else state.centroids
 
 
-def trains_first(state: DetectorState, n: int) -> bool:
-    """Whether a batch of n points may train the stream's first model, which only
-    `learned_scores` does (a retraining boundary in the batch, and no model yet)."""
-    return not state.centroids and ((-state.count) % RETRAIN or RETRAIN) <= n
-
-
 @jit
 def trained_scores(
     stored_model: bytes, series: FloatArray, n: int, scale: FloatArray, count: int
 ) -> tuple[FloatArray, FloatArray, bool]:
-    """`learned_scores` compiled, for a batch that does not train the first model (see
-    `trains_first`): the raw scores, the model and whether it was retrained (the stored one
-    is kept otherwise)."""
+    """`learned_scores` compiled: the raw scores, the model and whether it was retrained (the
+    stored one is kept otherwise)."""
     model = np.frombuffer(stored_model, dtype=np.float64).copy()
     raw = np.empty(n)
     raw.fill(np.nan)
@@ -91,7 +87,7 @@ def trained_scores(
                 raw[lo:b] = _distance(model, series, first_row + lo, scale[lo:b])
         if b < n or (count + n) % RETRAIN == 0:
             end = first_row + b
-            if end >= MIN_TRAIN and len(model):
+            if end >= MIN_TRAIN:
                 model = _retrain(series, max(0, end - TRAIN), end, model)
                 retrained = True
         if b == n:
@@ -101,14 +97,25 @@ def trained_scores(
 
 @jit
 def _retrain(series: FloatArray, lo: int, end: int, model: FloatArray) -> FloatArray:
-    """`_train` from a previous model, on vectors lo .. end - 1 of `series` (compiled)."""
+    """`_train` on vectors lo .. end - 1 of `series` (compiled): from the previous model, or
+    the first time from the vectors at evenly spaced ranks of their norm (the norms summed
+    as einsum sums them, the ranks a stable sort's, as `_train` ranks them)."""
     x = np.empty((end - lo, DIMS))
     for r in range(end - lo):
         for d in range(DIMS):
             x[r, d] = series[lo + r + d + 1] - series[lo + r + d]  # np.diff's steps
-    centroids = model[:-1].copy().reshape(CLUSTERS, DIMS)
-    unit = _fit(centroids, x, UPDATE_ITERATIONS)
-    out = np.empty(len(model))
+    if len(model):
+        centroids, iterations = model[:-1].copy().reshape(CLUSTERS, DIMS), UPDATE_ITERATIONS
+    else:
+        norms = np.empty(len(x))
+        for r in range(len(x)):
+            norms[r] = _norm2(x[r])
+        order = np.argsort(norms, kind="mergesort")
+        centroids, iterations = np.empty((CLUSTERS, DIMS)), ITERATIONS
+        for c in range(CLUSTERS):
+            centroids[c] = x[order[int((c + 0.5) * len(x) / CLUSTERS)]]
+    unit = _fit(centroids, x, iterations)
+    out = np.empty(CLUSTERS * DIMS + 1)
     out[:-1] = centroids.ravel()
     out[-1] = _TINY if unit < _TINY else unit  # max(unit, _TINY), NaN kept
     return out
