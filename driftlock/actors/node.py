@@ -102,9 +102,9 @@ class Node:
             # most a quarter of the limit beyond it.
             max_batch_streams=max(1, s.max_active_actors // (4 * s.partitions)),
         )
+        self._threads = threads = DetectionThreads(s.detect_threads or os.cpu_count() or 1)
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.
-        self._threads = threads = DetectionThreads(s.detect_threads or os.cpu_count() or 1)
         actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)
 
         def owns(partition: int) -> bool:
