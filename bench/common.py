@@ -40,26 +40,33 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
 
 
 def spawn_driftlock(
-    args: list[str], data_dir: Path, started: str, timeout: float = 60
+    args: list[str], data_dir: Path, started: str, timeout: float = 60, count: int = 1
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """`driftlock <args>` with its log in data_dir; returns once it logs the `started`
-    message, with that log record."""
-    log = data_dir / "driftlock.log"
+    message `count` times (a node of several processes logs it once each), with the first
+    of those log records (all of them: `logged`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "driftlock.cli", *args],
-        stdout=log.open("ab"),
+        stdout=(data_dir / "driftlock.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if f'"{started}"' in line:
-                record: dict[str, Any] = json.loads(line)
-                return process, record
+        records = logged(data_dir, started)
+        if len(records) >= count:
+            return process, records[0]
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"driftlock {args[0]} did not start: {log.read_text()}")
+    raise RuntimeError(
+        f"driftlock {args[0]} did not start: {(data_dir / 'driftlock.log').read_text()}"
+    )
+
+
+def logged(data_dir: Path, message: str) -> list[dict[str, Any]]:
+    """The records of `message` in the log of a process `spawn_driftlock` started."""
+    lines = (data_dir / "driftlock.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if f'"{message}"' in line]
 
 
 def scrape_counter(port: int, name: str) -> float:

@@ -306,7 +306,7 @@ async def main(rate: float, seconds: float, gateways: int = 1) -> dict[str, Any]
             base_dir=Path(tmp) / "nats", subjects=Subjects(), partitions=PARTITIONS
         )
         url = await server.start()
-        node, node_metrics = start_node(url, Path(tmp) / "node")
+        node, (node_metrics,) = start_node(url, Path(tmp) / "node")
         started = [start_gateway(url, Path(tmp) / f"gw{i}") for i in range(gateways)]
         base = started[0][1]
         processes = [*(p for p, _ in started), node]  # the node last, as measure() takes it

@@ -1,8 +1,8 @@
-"""End to end on one machine: producer → nats-server → one `driftlock node` process → LMDB,
-against the raw ceiling measured in the same run (JetStream store + DriftLock's pull feed +
-payload decode, no DriftLock logic).
+"""End to end on one machine: producer → nats-server → one `driftlock node` → LMDB, against
+the raw ceiling measured in the same run (JetStream store + DriftLock's pull feed + payload
+decode, no DriftLock logic, in as many consumer processes as the node has processes).
 
-    python -m bench.pipeline [--quick]
+    python -m bench.pipeline [--node-processes N] [--quick]
 
 Reports events/s for single-point messages, 100-point JSON batches and 100-point columnar
 msgpack batches (`{"ts": <bin>, "values": <bin>}`), over 1,000 and 100,000 streams: the
@@ -13,6 +13,7 @@ DriftLock; and the publish → anomaly latency on an idle node and under load.
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bench.common import (
+    logged,
     print_table,
     scrape_counter,
     spawn_driftlock,
@@ -38,6 +40,7 @@ from bench.common import (
     write_results,
 )
 from driftlock.bus.feed import PartitionFeed
+from driftlock.bus.partition import partition_of
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.streams import StreamLimits, ensure_streams
 from driftlock.bus.subjects import Subjects
@@ -98,34 +101,47 @@ async def publish_all(
 
 
 async def raw_ceiling(
-    url: str, s: Scenario, messages: list[tuple[str, bytes]]
+    url: str, s: Scenario, messages: list[tuple[str, bytes]], processes: int
 ) -> tuple[float, float]:
-    """Store the messages while another process (as the node is) consumes every partition
-    with the pull feed and decodes each payload. Returns events/s over publish start → last
-    decode, and the producer's own rate (publish until the server has stored the last one)."""
+    """Store the messages while `processes` other processes (as the node's are) consume the
+    partitions with the pull feed, process k those p with p % processes == k, and decode
+    each payload. Returns events/s over publish start → last decode, and the producer's own
+    rate (publish until the server has stored the last one)."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     first_seq = (await js.stream_info("DL_EVENTS")).state.last_seq + 1
-    consumer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.pipeline", "--raw-consumer", url, str(s.events),
-        str(first_seq), stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert consumer.stdout is not None
-    await consumer.stdout.readline()  # "ready": its feeds are pulling
+    shares = [0] * processes
+    for subject, _ in messages:
+        _, _, tenant, metric = subject.split(".")
+        shares[partition_of(tenant, metric, PARTITIONS) % processes] += s.points_per_message
+    consumers = []
+    for k, events in enumerate(shares):
+        arguments = [url, str(events), str(first_seq), str(k), str(processes)]
+        command = [sys.executable, "-m", "bench.pipeline", "--raw-consumer", *arguments]
+        consumers.append(
+            await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        )
+    for consumer in consumers:
+        assert consumer.stdout is not None
+        await consumer.stdout.readline()  # "ready": its feeds are pulling
     started = time.time()
     await publish_all(nc, messages, MSGPACK if s.columnar else None)
     last = first_seq + len(messages) - 1
     while (await js.stream_info("DL_EVENTS")).state.last_seq < last:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     published = time.time() - started
-    done = float((await consumer.stdout.readline()).decode())
-    await consumer.wait()
+    done = 0.0
+    for consumer in consumers:
+        assert consumer.stdout is not None
+        done = max(done, float((await consumer.stdout.readline()).decode()))
+        await consumer.wait()
     await nc.close()
     return s.events / (done - started), s.events / published
 
 
-async def consume_raw(url: str, events: int, first_seq: int) -> None:
-    """The raw ceiling's consumer: prints "ready", then the wall time of the last decode."""
+async def consume_raw(url: str, events: int, first_seq: int, index: int, processes: int) -> None:
+    """A raw ceiling's consumer of the partitions p with p % processes == index: prints
+    "ready", then the wall time of its last decode."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     subjects = Subjects()
@@ -133,7 +149,7 @@ async def consume_raw(url: str, events: int, first_seq: int) -> None:
         PartitionFeed(
             nc, js, stream="DL_EVENTS", filter_subject=subjects.partition_filter(p), pull_batch=2000
         )
-        for p in range(PARTITIONS)
+        for p in range(index, PARTITIONS, processes)
     ]
     for feed in feeds:
         await feed.start(first_seq)
@@ -157,14 +173,19 @@ async def consume_raw(url: str, events: int, first_seq: int) -> None:
 
 
 async def end_to_end(
-    url: str, metrics_port: int, s: Scenario, messages: list[tuple[str, bytes]]
+    url: str, metrics_ports: list[int], s: Scenario, messages: list[tuple[str, bytes]]
 ) -> float:
+    """Events/s from the first publish until the node's processes have applied them all."""
+
+    def applied() -> float:
+        # The node is other processes: their applied counts are only visible by scraping.
+        return sum(scrape_counter(p, "driftlock_events_applied_total") for p in metrics_ports)
+
     nc = await nats.connect(url)
-    before = scrape_counter(metrics_port, "driftlock_events_applied_total")
+    before = applied()
     started = time.perf_counter()
     await publish_all(nc, messages, MSGPACK if s.columnar else None)
-    # The node is another process: its applied count is only visible by scraping.
-    while scrape_counter(metrics_port, "driftlock_events_applied_total") - before < s.events:  # noqa: ASYNC110
+    while applied() - before < s.events:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     elapsed = time.perf_counter() - started
     await nc.close()
@@ -228,7 +249,8 @@ async def loaded_latency(
     spikes = max(int(seconds * 10), 5)
     await warm_up(nc, tenant, spikes, seed=3)
     messages = int(rate_eps * seconds / s.points_per_message) + 1
-    load = payloads(replace(s, messages=messages), tenant="load")
+    # Streams of their own: another phase's would go back in time to T0.
+    load = payloads(replace(s, messages=messages), tenant=f"{tenant}load")
     headers = MSGPACK if s.columnar else None
     sent: dict[str, float] = {}
     started = time.perf_counter()
@@ -252,14 +274,17 @@ async def loaded_latency(
     return [1000 * (arrived[k] - t) for k, t in sent.items() if k in arrived]
 
 
-def start_node(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(
+    url: str, data_dir: Path, processes: int = 1
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A `driftlock node` of `processes` processes; it and their metrics ports."""
     args = ["node", "--nats-url", url, "--data-dir", str(data_dir), "--metrics-port", "0",
-            "--partitions", str(PARTITIONS)]  # fmt: skip
-    process, record = spawn_driftlock(args, data_dir, "node started")
-    return process, int(record["metrics_port"])
+            "--partitions", str(PARTITIONS), "--processes", str(processes)]  # fmt: skip
+    process, _ = spawn_driftlock(args, data_dir, "node started", count=processes)
+    return process, [int(r["metrics_port"]) for r in logged(data_dir, "node started")]
 
 
-async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
+async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]:
     scale = 0.02 if quick else 1.0
     scenarios = [
         Scenario("1-point messages", int(100_000 * scale), 1, 1000),
@@ -269,7 +294,7 @@ async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
         Scenario("100-point columnar", int(100_000 * scale), 100, 100_000, columnar=True),
     ]
     scenarios = [s for s in scenarios if s.streams in streams]
-    results: dict[str, Any] = {"quick": quick, "scenarios": []}
+    results: dict[str, Any] = {"quick": quick, "node_processes": processes, "scenarios": []}
     rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = ManagedNatsServer(
@@ -284,10 +309,11 @@ async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
             await nc.close()
             for s in scenarios:
                 messages = payloads(s)
-                ceiling, publish_rate = await raw_ceiling(server.url, s, messages)
-                node, port = start_node(server.url, Path(tmp) / f"node-{len(rows)}")
+                ceiling, publish_rate = await raw_ceiling(server.url, s, messages, processes)
+                node_dir = Path(tmp) / f"node-{len(rows)}"
+                node, ports = start_node(server.url, node_dir, processes)
                 try:
-                    e2e = await end_to_end(server.url, port, s, messages)
+                    e2e = await end_to_end(server.url, ports, s, messages)
                     latencies = (
                         await idle_latency(server.url, 20 if quick else 200)
                         if s.points_per_message == 1 and s.streams == 1000
@@ -324,7 +350,7 @@ async def main(quick: bool, streams: set[int]) -> dict[str, Any]:
         finally:
             server.stop()
     print_table(
-        "End to end, one node, 64 partitions (events/s)",
+        f"End to end, one node of {processes} process(es), 64 partitions (events/s)",
         ["scenario", "streams", "events", "publish only", "raw ceiling", "DriftLock", "ratio"],
         rows,
     )
@@ -364,14 +390,27 @@ def cli() -> None:
         help="run only the scenarios over these numbers of streams (default: both)",
     )
     parser.add_argument(
-        "--raw-consumer", nargs=3, metavar=("URL", "EVENTS", "FIRST_SEQ"), help=argparse.SUPPRESS
+        "--node-processes",
+        type=int,
+        default=0,
+        help="the node's --processes, and the raw ceiling's consumer processes "
+        "(default 0: one per core)",
+    )
+    parser.add_argument(
+        "--raw-consumer",
+        nargs=5,
+        metavar=("URL", "EVENTS", "FIRST_SEQ", "INDEX", "PROCESSES"),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.raw_consumer:
-        url, events, first_seq = args.raw_consumer
-        uvloop.run(consume_raw(url, int(events), int(first_seq)))
+        url, *numbers = args.raw_consumer
+        uvloop.run(consume_raw(url, *map(int, numbers)))
         return
-    results = uvloop.run(main(args.quick, set(args.streams)))
+    if args.node_processes < 0:
+        parser.error(f"--node-processes {args.node_processes}: must be 0 or more")
+    processes = args.node_processes or os.cpu_count() or 1
+    results = uvloop.run(main(args.quick, set(args.streams), processes))
     print("wrote", write_results("pipeline-quick" if args.quick else "pipeline", results))
 
 

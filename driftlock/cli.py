@@ -77,7 +77,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "node": (
         "Run one node against an existing NATS server (--nats-url). The server must map "
         "<prefix>.in.*.* to partitions: see `driftlock nats-config`.",
-        (*COMMON, "nats_url", *NODE),
+        (*COMMON, "nats_url", "processes", *NODE),
     ),
     "alerter": (
         "Run an alerting worker against an existing NATS server (--nats-url): turns anomalies "
@@ -182,7 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "nats-config":
         print(mapping_block(Subjects(settings.prefix), settings.partitions), end="")
         return 0
-    configure_logging(settings.log_level)
+    if args.command == "node":
+        from driftlock.actors.processes import plan
+
+        try:
+            plan(settings)  # the processes' settings: a bad one is a usage error, as above
+        except DriftLockError as exc:
+            print(f"driftlock: {exc}", file=sys.stderr)
+            return 2
+    # A node's records name it: the processes of a node write to one log.
+    configure_logging(
+        settings.log_level, {"node_id": settings.node_id} if args.command == "node" else None
+    )
     if args.command == "admin":
         return _create_tenant(settings, args.tenant, args.owner_email, args.plan)
     if args.command == "cluster":
@@ -223,11 +234,22 @@ def _cluster(settings: Settings, action: str, args: argparse.Namespace) -> int:
 
 
 def _run_service(command: str, settings: Settings) -> int:
-    from driftlock.actors.node import Node
-    from driftlock.up import run_up
-
     async def node(s: Settings, stop: asyncio.Event) -> None:
+        from driftlock.actors.processes import follow_parent, process_count, run_node_processes
+
+        if process_count(s) > 1:
+            # Imports no detector: the node only starts and watches its processes.
+            await run_node_processes(s, stop)
+            return
+        from driftlock.actors.node import Node
+
+        follow_parent()
         await Node(s).run(stop)
+
+    async def up(s: Settings, stop: asyncio.Event) -> None:
+        from driftlock.up import run_up
+
+        await run_up(s, stop)
 
     async def gateway(s: Settings, stop: asyncio.Event) -> None:
         from driftlock.gateway.server import GatewayServer
@@ -246,7 +268,7 @@ def _run_service(command: str, settings: Settings) -> int:
         await Alerter(config_from(s)).run(stop)
 
     runners: dict[str, Callable[[Settings, asyncio.Event], Awaitable[None]]] = {
-        "up": run_up,
+        "up": up,
         "node": node,
         "gateway": gateway,
         "alerter": alerter,

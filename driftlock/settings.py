@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
     )
     pull_batch: int = Field(2000, ge=1, le=100_000, description="messages per pull request")
+    processes: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="`node` only: processes the node runs, each a cluster member with its "
+        "share of the partitions (0: one per CPU core); one process uses about one core",
+    )
     detect_threads: int = Field(
         0,
         ge=0,

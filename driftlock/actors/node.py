@@ -147,6 +147,7 @@ class Node:
             "node started",
             extra={
                 "node_id": s.node_id,
+                "pid": os.getpid(),
                 "nats_url": s.nats_url,
                 "nats_server": f"{server.major}.{server.minor}.{server.patch}",
                 "partitions": s.partitions,
