@@ -77,6 +77,13 @@ def scrape_counter(port: int, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def owned_partitions(port: int) -> int:
+    """How many partitions the node process serving metrics on `port` runs now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
+        text: str = response.read().decode()
+    return len(re.findall(r"^driftlock_partition_lag\{", text, re.M))
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 120) -> None:
     """SIGTERM, then SIGKILL after `timeout`: a node with 100,000 streams hands every
     partition off with a fresh snapshot (gigabytes), and a bench has no next owner."""

@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 
 from bench.common import (
     logged,
+    owned_partitions,
     print_table,
     scrape_counter,
     spawn_driftlock,
@@ -281,7 +282,25 @@ def start_node(
     args = ["node", "--nats-url", url, "--data-dir", str(data_dir), "--metrics-port", "0",
             "--partitions", str(PARTITIONS), "--processes", str(processes)]  # fmt: skip
     process, _ = spawn_driftlock(args, data_dir, "node started", count=processes)
-    return process, [int(r["metrics_port"]) for r in logged(data_dir, "node started")]
+    ports = [int(r["metrics_port"]) for r in logged(data_dir, "node started")]
+    _wait_for_partitions(ports)
+    return process, ports
+
+
+def _wait_for_partitions(ports: list[int], timeout: float = 60) -> None:
+    """Until the processes run all partitions between them, each its share: the first to
+    start takes them all and hands some off as the others join, which a measurement must
+    not include."""
+    deadline = time.monotonic() + timeout
+    stable: list[list[int]] = []
+    while time.monotonic() < deadline:
+        owned = [owned_partitions(p) for p in ports]
+        # Moves go a few partitions at a time: the shares must also have stood still.
+        stable = [*stable, owned][-10:] if not stable or stable[-1] == owned else [owned]
+        if sum(owned) == PARTITIONS and all(owned) and len(stable) == 10:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the node's processes own {owned} of {PARTITIONS} partitions")
 
 
 async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]:

@@ -94,14 +94,12 @@ async def run_node_processes(settings: Settings, stop: asyncio.Event) -> None:
     tasks = [asyncio.create_task(_keep_running(k, p, stop)) for k, p in enumerate(processes)]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failed = [t for t in done if t.exception() is not None]
-        if failed:
-            stop.set()  # the others stop gracefully before the failure is reported
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise failed[0].exception()  # type: ignore[misc]
     finally:
-        stop.set()
+        stop.set()  # after a failure too: the others stop gracefully before it is reported
         await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if (failure := task.exception()) is not None:
+            raise failure
 
 
 async def _keep_running(index: int, settings: Settings, stop: asyncio.Event) -> None:
