@@ -447,6 +447,28 @@ def test_point_indexes_are_shared_read_only_and_grow_with_the_largest_batch() ->
         large.index[0] = 5
 
 
+@pytest.mark.parametrize(
+    ("ts", "value", "reason"),
+    [
+        (float("nan"), 1.0, RejectReason.NON_FINITE),
+        (NOW, float("inf"), RejectReason.NON_FINITE),
+        (NOW, float("nan"), RejectReason.NON_FINITE),
+        (MIN_TS - 1, 1.0, RejectReason.TIMESTAMP_OUT_OF_RANGE),
+        (NOW + MAX_FUTURE_S + 1, 1.0, RejectReason.TIMESTAMP_OUT_OF_RANGE),
+    ],
+)
+@pytest.mark.parametrize("at", [0, 63])
+def test_one_bad_point_anywhere_in_a_large_batch_is_found(
+    ts: float, value: float, reason: RejectReason, at: int
+) -> None:
+    """The all-good check is one compiled pass: a bad first or last point must fail it."""
+    times, values = [NOW - 64 + j for j in range(64)], [1.0] * 64
+    times[at], values[at] = ts, value
+    got = decode_points(columnar(times, values), "application/msgpack", now=NOW, max_points=100)
+    assert [(e.index, e.reason) for e in got.errors] == [(at, reason)]
+    assert len(got.values) == 63 and at not in got.index.tolist()
+
+
 def test_columnar_batch_rejects_bad_points_by_index_and_bad_shapes_whole() -> None:
     got = decode_points(
         columnar([NOW, NOW - 100 + 1, 1.0], [1.0, float("nan"), 2.0]),

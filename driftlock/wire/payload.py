@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from driftlock.detect.jit import jit
 from driftlock.wire.messages import RejectReason
 
 MIN_TS = 946_684_800.0
@@ -280,12 +281,22 @@ def _timestamp(raw: Any, now: float) -> float | PointError:
     return PointError(None, RejectReason.INVALID_TIMESTAMP, f"ts {_show(raw)}")
 
 
+@jit
+def _all_good(ts: FloatArray, values: FloatArray, earliest: float, latest: float) -> bool:
+    """The common case, every point good, decided in one compiled pass: the three numpy
+    reductions it replaces cost ~11 µs a message on this VM, this call ~1 µs."""
+    for j in range(len(ts)):
+        # Written so that a NaN timestamp fails too.
+        if not (earliest <= ts[j] <= latest) or not math.isfinite(values[j]):
+            return False
+    return True
+
+
 def _check_ranges(
     ts: FloatArray, values: FloatArray, index: IndexArray, errors: list[PointError], now: float
 ) -> DecodedPoints:
     """Vectorised checks on the decoded arrays: finite values, plausible timestamps."""
-    # Three reductions decide the common all-good case (a NaN fails every comparison).
-    if ts.min() >= MIN_TS and ts.max() <= now + MAX_FUTURE_S and np.isfinite(values.sum()):
+    if _all_good(ts, values, MIN_TS, now + MAX_FUTURE_S):
         return DecodedPoints(ts, values, index, errors)
     bad_value = ~np.isfinite(values)
     bad_ts = ~np.isfinite(ts) | (ts < MIN_TS) | (ts > now + MAX_FUTURE_S)
