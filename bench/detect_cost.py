@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from bench.common import print_table, write_results
 from driftlock.detect import Detector, DetectorState
+from driftlock.gcfreeze import freeze_long_lived
 from driftlock.settings import load_settings
 
 T0 = 1_732_492_800.0  # a midnight, UTC
@@ -97,6 +98,7 @@ def main() -> None:
         args.points, args.streams, args.rounds = 5_000, 50, 3
 
     detector = Detector(load_settings().detector)
+    freeze_long_lived()  # as a node does once started: see driftlock/gcfreeze.py
     single = one_stream(detector, args.points, 100)
     one_point = interleaved(detector, args.streams, args.rounds, 1)
     ten_points = interleaved(detector, args.streams, max(1, args.rounds // 10), 10)
