@@ -120,6 +120,30 @@ async def test_a_node_of_two_processes_shares_the_partitions_detects_and_heals(
         await nc.close()
 
 
+async def test_the_processes_stop_when_their_node_is_killed(
+    nats_server: ManagedNatsServer, tmp_path: Path
+) -> None:
+    """kill -9 leaves the node no time to stop its processes: the kernel tells them."""
+    node = NodeProcess(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "node",
+        partitions=TEST_PARTITIONS,
+        name="orphans",
+        extra=("--processes", "2"),
+    )
+    pids: list[int] = []
+    try:
+        await node.start()
+        await eventually(lambda: len(started(node.log_path)) == 2, timeout=30)
+        pids = [r["pid"] for r in started(node.log_path)]
+        node.kill()
+        await eventually(lambda: not any(map(alive, pids)), timeout=30)
+    finally:
+        node.ensure_stopped()
+        for pid in filter(alive, pids):  # only if the test failed
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_a_process_that_fails_as_the_node_starts_stops_the_node(
     nats_server: ManagedNatsServer, tmp_path: Path
 ) -> None:
