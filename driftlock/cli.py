@@ -67,7 +67,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "--data-dir), one node, the alerter and the HTTP gateway. On first start it creates tenant "
         "'default' with an owner and prints the credentials once. Prints the NATS and "
         "gateway URLs and examples.",
-        (*COMMON, "nats_host", "nats_port", "cluster", *NODE, *GATEWAY, *ALERTER),
+        (*COMMON, "nats_host", "nats_port", "cluster", "processes", *NODE, *GATEWAY, *ALERTER),
     ),
     "gateway": (
         "Run the HTTP gateway against an existing NATS server (--nats-url). Stateless: run "
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "nats-config":
         print(mapping_block(Subjects(settings.prefix), settings.partitions), end="")
         return 0
-    if args.command == "node":
+    if args.command in ("node", "up"):
         from driftlock.actors.processes import plan
 
         try:

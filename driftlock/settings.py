@@ -82,8 +82,8 @@ class Settings(BaseSettings):
         1,
         ge=0,
         le=256,
-        description="`node` only: processes the node runs, each a cluster member with its "
-        "share of the partitions (0: one per CPU core); one process uses about one core",
+        description="processes the node runs, each a cluster member with its share of the "
+        "partitions (0: one per CPU core); one process uses about one core",
     )
     detect_threads: int = Field(
         0,

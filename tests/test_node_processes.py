@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from driftlock.cluster.status import cluster_status
 from driftlock.errors import ConfigError
 from driftlock.settings import load_settings
 from tests.conftest import TEST_PARTITIONS, eventually
-from tests.processes import ROOT, NodeProcess
+from tests.processes import ROOT, NodeProcess, start_up
 
 
 def started(log: Path) -> list[dict[str, Any]]:
@@ -160,14 +161,40 @@ async def test_a_process_that_fails_as_the_node_starts_stops_the_node(
     assert "exited with 1" in result.stderr and "its log above says why" in result.stderr
 
 
-async def _owners_when_shared(nc: Client, members: set[str]) -> dict[int, str]:
+async def test_up_runs_its_node_as_processes_beside_the_gateway(tmp_path: Path) -> None:
+    up, banner = await start_up(tmp_path, "--processes", "2")
+    try:
+        assert "each process on a free port" in banner  # start_up passes --metrics-port 0
+        found = re.search(r"NATS\s+(nats://\S+)", banner)
+        assert found, banner
+        nc = await nats.connect(found.group(1))
+        try:
+            # The banner came once the processes owned every partition between them.
+            status = await cluster_status(nc.jetstream(), "dl", 64, 5.0)
+            assert status["unowned"] == []
+            owners = await _owners_when_shared(nc, {"local-0", "local-1"}, partitions=64)
+            metrics = _metrics_on_each_owner(owners)
+            assert await _spike_anomalies(nc, metrics) == set(metrics)
+        finally:
+            await nc.close()
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 60) == 0
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+
+
+async def _owners_when_shared(
+    nc: Client, members: set[str], partitions: int = TEST_PARTITIONS
+) -> dict[int, str]:
     owners: dict[int, str] = {}
 
     async def shared() -> bool:
-        status = await cluster_status(nc.jetstream(), "dl", TEST_PARTITIONS, 2.0)
+        status = await cluster_status(nc.jetstream(), "dl", partitions, 2.0)
         owners.clear()
         owners.update({row["partition"]: row["owner"] for row in status["partitions"]})
-        return set(owners.values()) == members and len(owners) == TEST_PARTITIONS
+        return set(owners.values()) == members and len(owners) == partitions
 
     deadline = asyncio.get_running_loop().time() + 30
     while not await shared():
@@ -181,7 +208,7 @@ def _metrics_on_each_owner(owners: dict[int, str]) -> list[str]:
     chosen: dict[str, str] = {}
     for i in range(1000):
         metric = f"m{i}"
-        chosen.setdefault(owners[partition_of("t", metric, TEST_PARTITIONS)], metric)
+        chosen.setdefault(owners[partition_of("t", metric, len(owners))], metric)
         if len(chosen) == len(set(owners.values())):
             break
     return sorted(chosen.values())
