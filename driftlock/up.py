@@ -3,6 +3,7 @@ directory, plus one node, the alerter and the gateway — and the banner that te
 where everything is."""
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -118,28 +119,32 @@ async def _serve_with_node_processes(
     alerter and the gateway in this one, the alerter's metrics on the port after theirs."""
     count = process_count(settings)
     await _create_streams(settings, subjects)
-    nodes_stop = asyncio.Event()
-    nodes = asyncio.create_task(run_node_processes(settings, nodes_stop))
-    port = settings.metrics_port
-    alerter = Alerter(config_from(settings, metrics_port=port + count if port > 0 else port))
-    await alerter.start()
-    gateway = GatewayServer(settings)
-    try:
+    async with contextlib.AsyncExitStack() as running:  # stops in reverse order
+        nodes_stop = asyncio.Event()
+        nodes = asyncio.create_task(run_node_processes(settings, nodes_stop))
+        running.push_async_callback(_stop_processes, nodes_stop, nodes)
+        port = settings.metrics_port
+        alerter = Alerter(config_from(settings, metrics_port=port + count if port > 0 else port))
+        await alerter.start()
+        running.push_async_callback(alerter.stop)
+        gateway = GatewayServer(settings)
+        running.push_async_callback(gateway.stop)
         gateway_url = await gateway.start()
         credentials = await _first_tenant(gateway)
         if not await _partitions_owned(settings, nodes):
             log.warning("the node's processes have not taken all partitions yet; starting anyway")
         print(banner(url, subjects, _process_metrics(settings, count), settings), flush=True)
         print(gateway_banner(gateway_url, credentials), flush=True)
-        # A process that fails as the node starts ends `up` too, with its error.
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([nodes, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-    finally:
-        await gateway.stop()
-        await alerter.stop()
-        nodes_stop.set()
-        await nodes
+        if nodes.done():
+            nodes.result()  # a process failed as the node started: `up` ends with its error
+
+
+async def _stop_processes(stop: asyncio.Event, processes: "asyncio.Task[None]") -> None:
+    stop.set()
+    await asyncio.gather(processes, return_exceptions=True)  # a failure is raised above
 
 
 async def _create_streams(settings: Settings, subjects: Subjects) -> None:

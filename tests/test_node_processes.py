@@ -27,6 +27,19 @@ from tests.conftest import TEST_PARTITIONS, eventually
 from tests.processes import ROOT, NodeProcess, start_up
 
 
+def node_of_two(
+    nats_server: ManagedNatsServer, tmp_path: Path, name: str, *extra: str
+) -> NodeProcess:
+    """`driftlock node --processes 2`, its log (both processes') at tmp_path/<name>.log."""
+    return NodeProcess(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "node",
+        partitions=TEST_PARTITIONS,
+        name=name,
+        extra=("--processes", "2", *extra),
+    )
+
+
 def started(log: Path) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     return [r for r in records if r.get("msg") == "node started"]
@@ -81,13 +94,7 @@ def test_settings_the_processes_cannot_have_are_refused_before_any_starts() -> N
 async def test_a_node_of_two_processes_shares_the_partitions_detects_and_heals(
     nats_server: ManagedNatsServer, tmp_path: Path
 ) -> None:
-    node = NodeProcess(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "node",
-        partitions=TEST_PARTITIONS,
-        name="multi",
-        extra=("--processes", "2", "--lease-ttl-s", "2", "--member-ttl-s", "2"),
-    )
+    node = node_of_two(nats_server, tmp_path, "multi", "--lease-ttl-s", "2", "--member-ttl-s", "2")
     nc = await nats.connect(nats_server.url)
     try:
         await node.start()
@@ -125,13 +132,7 @@ async def test_the_processes_stop_when_their_node_is_killed(
     nats_server: ManagedNatsServer, tmp_path: Path
 ) -> None:
     """kill -9 leaves the node no time to stop its processes: the kernel tells them."""
-    node = NodeProcess(
-        nats_url=nats_server.url,
-        data_dir=tmp_path / "node",
-        partitions=TEST_PARTITIONS,
-        name="orphans",
-        extra=("--processes", "2"),
-    )
+    node = node_of_two(nats_server, tmp_path, "orphans")
     pids: list[int] = []
     try:
         await node.start()
