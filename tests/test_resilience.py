@@ -4,6 +4,7 @@ applying nothing twice."""
 
 import asyncio
 import json
+import logging
 
 import nats
 import pytest
@@ -62,6 +63,26 @@ async def echoes(client: Client, data: bytes) -> bool:
         return (await client.request("echo", data, timeout=0.5)).data == data
     except nats.errors.Error:
         return False
+
+
+async def test_a_lost_connection_warns_and_one_closed_by_us_does_not(
+    nats_server: ManagedNatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="driftlock.bus")
+    lost = await connection.connect(nats_server.url, name="lost")
+    closed = await connection.connect(nats_server.url, name="closed")
+    await closed.close()
+
+    def said() -> list[tuple[str, str, str]]:
+        return [(r.levelname, r.msg, getattr(r, "connection", "")) for r in caplog.records]
+
+    nats_server.kill()
+    await eventually(lambda: ("WARNING", "nats disconnected", "lost") in said(), timeout=10)
+    await nats_server.start()
+    await lost.close()
+    assert ("INFO", "nats connection closed", "closed") in said()
+    assert ("INFO", "nats connection closed", "lost") in said()
+    assert not [s for s in said() if s[0] == "WARNING" and s[2] == "closed"]
 
 
 async def test_node_resumes_after_a_nats_server_restart(

@@ -15,12 +15,18 @@ class _Logged:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.client: Client | None = None
 
     async def error(self, exc: Exception) -> None:
         log.warning("nats error", extra={"connection": self.name, "error": repr(exc)})
 
     async def disconnected(self) -> None:
-        log.warning("nats disconnected", extra={"connection": self.name})
+        if self.client is not None and self.client.is_closed:
+            # Closed by us (it reconnects for ever otherwise): every shutdown did this, and
+            # a warning for it taught operators to ignore the one that matters.
+            log.info("nats connection closed", extra={"connection": self.name})
+        else:
+            log.warning("nats disconnected", extra={"connection": self.name})
 
     async def reconnected(self) -> None:
         log.info("nats reconnected", extra={"connection": self.name})
@@ -39,7 +45,7 @@ request, publish ack and pulled message then went nowhere for minutes. The cause
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
     """`url` may list several servers of one cluster, separated by commas."""
     callbacks = _Logged(name)
-    return await nats.connect(
+    callbacks.client = await nats.connect(
         [u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout,
@@ -54,6 +60,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Clien
         disconnected_cb=callbacks.disconnected,
         reconnected_cb=callbacks.reconnected,
     )
+    return callbacks.client
 
 
 Callback = Callable[[], Awaitable[None]]
