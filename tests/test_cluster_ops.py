@@ -171,7 +171,7 @@ async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
             ]
         finally:
             await nc.close()
-        view = json.loads(cli(found.group(1), "status", "--json"))
+        view = await settled_status(found.group(1))
         assert len(view["members"]) == 1 and view["unowned"] == []
     finally:
         if up.returncode is None:
@@ -179,6 +179,19 @@ async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
         code = await asyncio.wait_for(up.wait(), 60)
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "nats").iterdir()) == ["n0", "n1", "n2"]
+
+
+async def settled_status(nats_url: str, timeout: float = 15.0) -> dict[str, Any]:
+    """`cluster status --json` once every partition shows an owner, or the last view after
+    `timeout`. Once in CI, a read on the three-server cluster right after `up`'s banner
+    showed all 64 partitions unowned (not reproduced in three local runs; the cause is not
+    known: a key listing that ended early, or leases being taken again)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        view: dict[str, Any] = json.loads(cli(nats_url, "status", "--json"))
+        if not view["unowned"] or asyncio.get_running_loop().time() > deadline:
+            return view
+        await asyncio.sleep(0.5)
 
 
 async def _streams(js: Any) -> Any:
