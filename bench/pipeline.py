@@ -292,12 +292,14 @@ def _wait_for_partitions(ports: list[int], timeout: float = 60) -> None:
     start takes them all and hands some off as the others join, which a measurement must
     not include."""
     deadline = time.monotonic() + timeout
-    stable: list[list[int]] = []
+    owned: list[int] = []
+    since = time.monotonic()
     while time.monotonic() < deadline:
-        owned = [owned_partitions(p) for p in ports]
+        now = [owned_partitions(p) for p in ports]
+        if now != owned:
+            owned, since = now, time.monotonic()
         # Moves go a few partitions at a time: the shares must also have stood still.
-        stable = [*stable, owned][-10:] if not stable or stable[-1] == owned else [owned]
-        if sum(owned) == PARTITIONS and all(owned) and len(stable) == 10:
+        if sum(owned) == PARTITIONS and all(owned) and time.monotonic() - since >= 2.0:
             return
         time.sleep(0.2)
     raise RuntimeError(f"the node's processes own {owned} of {PARTITIONS} partitions")

@@ -67,8 +67,15 @@ def plan(settings: Settings) -> list[Settings]:
             f"{settings.metrics_port + count - 1}, beyond 65535"
         )
     cores = os.cpu_count() or 1
-    own = {"node_id", "data_dir", "metrics_port", "processes"}
-    shared = settings.model_dump(exclude=own | {"max_active_actors", "detect_threads"})
+    own = {
+        "node_id",
+        "data_dir",
+        "metrics_port",
+        "processes",
+        "max_active_actors",
+        "detect_threads",
+    }
+    shared = settings.model_dump(exclude=own)
     port = settings.metrics_port
     return [
         load_settings(
