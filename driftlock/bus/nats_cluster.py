@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from nats.js.api import StorageType
 
 from driftlock.bus.nats_config import ClusterRoutes
 from driftlock.bus.server import ManagedNatsServer
 from driftlock.bus.subjects import Subjects
 from driftlock.errors import NatsServerError
+
+PROBE_STREAM = "DRIFTLOCK_READY_PROBE"
 
 
 def free_port(host: str) -> int:
@@ -61,17 +64,29 @@ class ManagedNatsCluster:
         ]
 
     async def _wait_for_jetstream(self, timeout: float) -> None:
-        """Servers accept clients before they have elected a JetStream meta leader."""
+        """Servers accept clients before JetStream can place replicated streams: a meta leader
+        answers `account_info` while the other peers are still joining, and a node creating
+        its streams then gets "no suitable peers for placement". Ready means a probe stream
+        of `size` replicas can be created."""
         nc = await nats.connect(self.url.split(","))
+        js = nc.jetstream()
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
-                    await nc.jetstream().account_info()
+                    await js.add_stream(
+                        name=PROBE_STREAM,
+                        subjects=[f"_driftlock.probe.{PROBE_STREAM}"],
+                        num_replicas=self.size,
+                        storage=StorageType.MEMORY,
+                    )
+                    await js.delete_stream(PROBE_STREAM)
                     return
                 except Exception as exc:
                     if time.monotonic() > deadline:
-                        raise NatsServerError(f"NATS cluster has no JetStream: {exc!r}") from None
+                        raise NatsServerError(
+                            f"NATS cluster cannot place {self.size} replicas: {exc!r}"
+                        ) from None
                     await asyncio.sleep(0.2)
         finally:
             await nc.close()

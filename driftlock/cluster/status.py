@@ -8,31 +8,29 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from driftlock.cluster.records import DrainRecord, LeaseRecord, MemberRecord, PartitionLoad
 from driftlock.cluster.snapshots import Snapshots
 
 
 async def _entries(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every live key of a bucket with its value. The keys come from the stream's subjects,
+    not from `KeyValue.keys()`: nats-py's key watcher ends as soon as its new consumer reports
+    nothing pending, which can be while the keys are still in flight to it; on a three-server
+    cluster 5 of 200 fresh reads of a 64-key bucket came back empty that way."""
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return {}
-    return await _values(kv)
-
-
-async def _values(kv: KeyValue) -> dict[str, bytes]:
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
     found = {}
-    for key in keys:
+    for subject in info.state.subjects or {}:
+        key = subject.removeprefix(prefix)
         try:
             entry = await kv.get(key)
-        except NotFoundError:
+        except NotFoundError:  # deleted or purged: the subject keeps its marker
             continue
         if entry.value:
             found[key] = entry.value
