@@ -16,6 +16,7 @@ from driftlock.bus.nats_cluster import ManagedNatsCluster
 from driftlock.bus.subjects import Subjects
 from driftlock.cluster.records import LeaseRecord, MemberRecord, lease_key, member_key
 from driftlock.cluster.status import cluster_status
+from driftlock.gateway.kvcache import KvCache
 from tests.processes import NodeProcess
 from tests.test_cluster_e2e import (
     FAST,
@@ -131,5 +132,32 @@ async def test_cluster_status_reads_every_lease_on_three_servers(tmp_path: Path)
             assert [m["id"] for m in view["members"]] == ["n1"]
             assert view["members"][0]["partitions"] == list(range(1, partitions))
             assert view["unowned"] == [0]
+    finally:
+        cluster.stop()
+
+
+async def test_a_kv_cache_starts_with_every_key_on_three_servers(tmp_path: Path) -> None:
+    """The gateway's copy of a bucket (API keys, users, …) is whole once `start` returns,
+    and after every reload; nats-py's end-of-values marker can come before the values."""
+    cluster = ManagedNatsCluster(base_dir=tmp_path / "nats", subjects=Subjects(), partitions=8)
+    url = await cluster.start()
+    try:
+        nc = await connect(url, name="test-gateway")
+        kv = await nc.jetstream().create_key_value(bucket="keys", replicas=3)
+        for i in range(64):
+            await kv.put(f"k{i}", msgspec.json.encode({"n": i}))
+        await kv.delete("k0")
+        empty = await nc.jetstream().create_key_value(bucket="empty", replicas=3)
+        for _ in range(40):
+            cache = KvCache(kv, dict[str, int])
+            await cache.start()
+            try:
+                assert dict(cache.items()) == {f"k{i}": {"n": i} for i in range(1, 64)}
+            finally:
+                await cache.stop()
+        nothing = KvCache(empty, dict[str, int])
+        await nothing.start()  # an empty bucket is loaded at once, not after a timeout
+        await nothing.stop()
+        await nc.close()
     finally:
         cluster.stop()

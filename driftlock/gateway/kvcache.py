@@ -135,24 +135,34 @@ class KvCache(Generic[T]):
         fresh: tuple[dict[str, T], dict[str, Seen]] | None = ({}, {})
         try:
             async for entry in watcher:
-                if entry is None:  # the initial values are all in
-                    if fresh is not None:
-                        (self._entries, self._seen), fresh = fresh, None
-                        self._loaded.set()
+                if entry is not None:
+                    entries, seen = fresh if fresh is not None else (self._entries, self._seen)
+                    seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
+                    value = self._decode(entry.key, entry.operation, entry.value)
+                    if value is None:
+                        entries.pop(entry.key, None)
+                    else:
+                        entries[entry.key] = value
+                    if fresh is None:
                         self._changed()
-                    continue
-                entries, seen = fresh if fresh is not None else (self._entries, self._seen)
-                seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
-                value = self._decode(entry.key, entry.operation, entry.value)
-                if value is None:
-                    entries.pop(entry.key, None)
-                else:
-                    entries[entry.key] = value
-                if fresh is None:
+                        continue
+                if fresh is not None and await self._initial_values_in(entry):
+                    (self._entries, self._seen), fresh = fresh, None
+                    self._loaded.set()
                     self._changed()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _initial_values_in(self, entry: KeyValue.Entry | None) -> bool:
+        """Whether the watch has delivered the bucket as it was when it started. The last of
+        those entries has nothing pending after it. nats-py's own end marker (None) is only
+        trusted for an empty bucket: it also sends it when its new consumer reports nothing
+        pending while the entries are still in flight, which on a three-server cluster would
+        swap in an empty copy and refuse every API key until the entries arrive."""
+        if entry is not None:
+            return entry.delta == 0
+        return (await self.kv.status()).values == 0
 
     def _decode(self, key: str, operation: str | None, data: bytes | None) -> T | None:
         """The entry's value; None for a delete, a purge or an undecodable value."""
