@@ -13,8 +13,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
+from driftlock.actors.detection import INLINE_BUDGET_US
 from driftlock.actors.node import Node
-from driftlock.actors.partition import _concatenate
+from driftlock.actors.partition import CALL_US, POINT_US, _concatenate
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
 from driftlock.settings import Settings
@@ -200,9 +201,9 @@ async def test_workers_go_on_while_commits_wait_and_never_read_an_actor_behind_i
 async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_only_after_it(
     node_settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Detection runs on the node's detection threads: while one partition's batch is held
-    in its detector, another partition's batch is detected and applied. A partition task
-    cancelled meanwhile ends only once its thread let go of the actors."""
+    """A large batch is scored on the node's detection threads: while one partition's batch
+    is held in its detector, another partition's batch is detected and applied. A partition
+    task cancelled meanwhile ends only once its thread let go of the actors."""
     release, entered = threading.Event(), threading.Event()
     threads: set[str] = set()
     detect = Detector.detect
@@ -220,9 +221,9 @@ async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_
     node = Node(node_settings.model_copy(update={"detect_threads": 2}))
     await node.start()
     try:
-        await nc.publish(f"dl.in.acme.{slow}", json.dumps([T0, 999.0]).encode())
+        await nc.publish(f"dl.in.acme.{slow}", large_batch(999.0))
         await eventually(entered.is_set)
-        await nc.publish(f"dl.in.acme.{other}", json.dumps([T0, 1.0]).encode())
+        await nc.publish(f"dl.in.acme.{other}", large_batch(1.0))
         await eventually(lambda: node.store.read_actor(_p(other), "acme", other) is not None)
         assert len(threads) == 2 and all(name.startswith("detect") for name in threads)
 
@@ -236,6 +237,31 @@ async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_
     finally:
         release.set()
         await node.shutdown()
+
+
+async def test_a_small_batch_is_scored_on_the_event_loop_and_a_large_one_on_a_thread(
+    node: Node, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[float, str] = {}
+    detect = Detector.detect
+
+    def noted_detect(self: Detector, state: object, values: np.ndarray, *args: object) -> object:
+        threads.setdefault(float(values[0]), threading.current_thread().name)
+        return detect(self, state, values, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Detector, "detect", noted_detect)
+    await nc.publish("dl.in.acme.small", json.dumps([T0, 5.0]).encode())
+    await nc.publish("dl.in.acme.large", large_batch(7.0))
+    await eventually(lambda: 5.0 in threads and 7.0 in threads)
+    assert threads[5.0] == threading.current_thread().name  # the node runs on this loop
+    assert threads[7.0].startswith("detect")
+
+
+def large_batch(first: float, points: int = 2000) -> bytes:
+    """One message of more points than INLINE_BUDGET_US covers: scored on a thread."""
+    assert CALL_US + POINT_US * points > INLINE_BUDGET_US
+    values = [first] + [1.0] * (points - 1)
+    return json.dumps([[T0 + 60.0 * i, v] for i, v in enumerate(values)]).encode()
 
 
 def _p(metric: str) -> int:

@@ -1,6 +1,7 @@
 """The detector ensemble: batch invariance, what it flags and how, calibration, refractory
 period, seasonal profile, rules, warm-up, serialisable and bounded state."""
 
+import threading
 from typing import Any, NamedTuple
 
 import msgspec
@@ -618,3 +619,15 @@ def test_defaults_match_the_settings() -> None:
     from driftlock.settings import load_settings
 
     assert load_settings().detector == DetectorConfig()
+
+
+def test_a_detection_thread_scores_as_the_event_loop_does() -> None:
+    """Each has its own compiled entry (one keeps the GIL, one lets it go): same results."""
+    x, ts = eventful_series(0)
+    x, ts = x[:1500], ts[:1500]
+    on_loop = run(x, [300, 1, 1199], ts=ts)
+    on_thread: list[Run] = []
+    thread = threading.Thread(target=lambda: on_thread.append(run(x, [300, 1, 1199], ts=ts)))
+    thread.start()
+    thread.join()
+    assert_same(on_thread[0], on_loop)

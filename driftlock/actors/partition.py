@@ -184,7 +184,9 @@ class PartitionWorker:
             return
         touched = {key: self._actor(*key) for key in slices}
         work = list(zip(touched.values(), slices.values(), strict=True))
-        anomalies, points = await self._threads.run(partial(_apply, self._detector, work))
+        anomalies, points = await self._threads.run(
+            partial(_apply, self._detector, work), _scoring_cost_us(work)
+        )
         self._check_ownership()
         await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
@@ -387,6 +389,17 @@ def _apply(
         anomalies += actor.apply(detector, ts, values, seqs, indexes)
         points += len(values)
     return anomalies, points
+
+
+CALL_US, POINT_US = 120.0, 1.5
+"""What scoring costs on this project's 2-core reference machine: a detector call has a fixed
+cost, then each point adds its own (`python -m bench.detect_cost`; ad hoc timings of one call
+on 1, 100 and 1,000 points)."""
+
+
+def _scoring_cost_us(work: list[tuple[StreamActor, list[Slice]]]) -> float:
+    points = sum(len(decoded.values) for _, parts in work for decoded, _ in parts)
+    return CALL_US * len(work) + POINT_US * points
 
 
 def _pieces(batch: list[Delivery], max_streams: int) -> Iterator[list[Delivery]]:

@@ -45,6 +45,12 @@ def jit(fn: F) -> F:
     return cast(F, numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
 
 
+def jit_holding_gil(fn: F) -> F:
+    """`jit`, but a call from Python keeps the GIL: for a thread that only gives it up to
+    wait for it again behind the others (only the outermost compiled call decides)."""
+    return cast(F, numba.njit(cache=True, nogil=False, error_model="numpy")(fn))
+
+
 def _fma(typingctx: object, a: object, b: object, c: object) -> tuple[object, object]:
     def codegen(context: object, builder: Any, signature: object, args: Any) -> Any:
         return builder.fma(*args)
