@@ -13,9 +13,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
-from driftlock.actors.detection import INLINE_BUDGET_US
 from driftlock.actors.node import Node
-from driftlock.actors.partition import CALL_US, POINT_US, _concatenate
+from driftlock.actors.partition import CALL_US, INLINE_BUDGET_US, POINT_US, _concatenate
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
 from driftlock.settings import Settings
@@ -239,9 +238,12 @@ async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_
         await node.shutdown()
 
 
-async def test_a_small_batch_is_scored_on_the_event_loop_and_a_large_one_on_a_thread(
-    node: Node, nc: Client, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("detect_threads", [1, 2])
+async def test_with_one_detection_thread_a_small_batch_is_scored_on_the_event_loop(
+    node_settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch, detect_threads: int
 ) -> None:
+    """With one thread (a node of a process per core) a small batch is scored on the loop
+    and a large one on the thread; with more, every batch goes to the threads."""
     threads: dict[float, str] = {}
     detect = Detector.detect
 
@@ -250,10 +252,16 @@ async def test_a_small_batch_is_scored_on_the_event_loop_and_a_large_one_on_a_th
         return detect(self, state, values, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Detector, "detect", noted_detect)
-    await nc.publish("dl.in.acme.small", json.dumps([T0, 5.0]).encode())
-    await nc.publish("dl.in.acme.large", large_batch(7.0))
-    await eventually(lambda: 5.0 in threads and 7.0 in threads)
-    assert threads[5.0] == threading.current_thread().name  # the node runs on this loop
+    node = Node(node_settings.model_copy(update={"detect_threads": detect_threads}))
+    await node.start()
+    try:
+        await nc.publish("dl.in.acme.small", json.dumps([T0, 5.0]).encode())
+        await nc.publish("dl.in.acme.large", large_batch(7.0))
+        await eventually(lambda: 5.0 in threads and 7.0 in threads)
+    finally:
+        await node.shutdown()
+    on_loop = threads[5.0] == threading.current_thread().name  # the node runs on this loop
+    assert on_loop == (detect_threads == 1)
     assert threads[7.0].startswith("detect")
 
 

@@ -10,12 +10,6 @@ than a paced batch's own bookkeeping when the other thread is busy. So a thread 
 batch waiting when it starts and returns them all in one callback, and a batch that arrives
 while every thread is busy wakes none: the next free one takes it. Under load, one
 hand-over serves many partitions.
-
-A small batch is scored on the event loop instead: under load a hand-over and the way back
-cost a paced batch of one or two messages 15 ms (median) of waiting for the GIL and for the
-thread's other batches, against under a millisecond of scoring (`python -m bench.pipeline`,
-two node processes at 200,000 events/s). Scoring it inline blocks the loop for at most
-INLINE_BUDGET_US.
 """
 
 import asyncio
@@ -27,9 +21,6 @@ from typing import Any, TypeVar
 R = TypeVar("R")
 _Job = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
-INLINE_BUDGET_US = 3000.0
-"""Work estimated at no more than this is scored on the event loop."""
-
 
 class DetectionThreads:
     def __init__(self, threads: int) -> None:
@@ -39,13 +30,9 @@ class DetectionThreads:
         self._waiting: list[_Job] = []
         self._busy = 0
 
-    async def run(self, score: Callable[[], R], cost_us: float) -> R:
-        """score(), whose cost is estimated at `cost_us` microseconds: on the event loop if
-        that is within INLINE_BUDGET_US, on a detection thread otherwise. Cancelled, it still
-        returns only once the thread is done with it: what it scores must not change under
-        the thread."""
-        if cost_us <= INLINE_BUDGET_US:
-            return score()
+    async def run(self, score: Callable[[], R]) -> R:
+        """score() on a detection thread. Cancelled, it still returns only once the thread
+        is done with it: what it scores must not change under the thread."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[R] = loop.create_future()
         with self._lock:

@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from driftlock.actors.detection import DetectionThreads
 from driftlock.actors.guard import SubjectGuard
 from driftlock.actors.metrics import NodeMetrics
-from driftlock.actors.partition import PartitionWorker, WorkerConfig
+from driftlock.actors.partition import INLINE_BUDGET_US, PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
 from driftlock.actors.residency import ActiveActors
 from driftlock.actors.supervisor import Supervisor
@@ -94,6 +94,7 @@ class Node:
         self._tuning = await TuningWatch.start(js, s.prefix, replicas=s.replicas)
         on_reconnected(nc, self._tuning.restart)
         detector = Detector(s.detector, tuning=self._tuning.for_stream)
+        detect_threads = s.detect_threads or os.cpu_count() or 1
         config = WorkerConfig(
             partitions=s.partitions,
             pull_batch=s.pull_batch,
@@ -101,8 +102,9 @@ class Node:
             # Every partition may be in the middle of a piece: all of them together hold at
             # most a quarter of the limit beyond it.
             max_batch_streams=max(1, s.max_active_actors // (4 * s.partitions)),
+            inline_budget_us=INLINE_BUDGET_US if detect_threads == 1 else 0.0,
         )
-        self._threads = threads = DetectionThreads(s.detect_threads or os.cpu_count() or 1)
+        self._threads = threads = DetectionThreads(detect_threads)
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.
         actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)

@@ -72,6 +72,9 @@ class WorkerConfig:
     """Distinct streams per commit: a pulled batch is applied and committed in pieces of at
     most this many, because the actors of a piece stay in memory until it commits, whatever
     the limit on active actors."""
+    inline_budget_us: float = 0.0
+    """A piece whose scoring is estimated at no more than this is scored on the event loop,
+    keeping the GIL, not on a detection thread (see INLINE_BUDGET_US); 0: never."""
 
 
 @dataclass(slots=True)
@@ -184,9 +187,11 @@ class PartitionWorker:
             return
         touched = {key: self._actor(*key) for key in slices}
         work = list(zip(touched.values(), slices.values(), strict=True))
-        anomalies, points = await self._threads.run(
-            partial(_apply, self._detector, work), _scoring_cost_us(work)
-        )
+        score = partial(_apply, self._detector, work)
+        if self._scores_inline(work):
+            anomalies, points = score()
+        else:
+            anomalies, points = await self._threads.run(score)
         self._check_ownership()
         await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
@@ -220,6 +225,11 @@ class PartitionWorker:
             self._settle()  # its own callback may not have run yet
         if self._failed is not None:
             raise self._failed
+
+    def _scores_inline(self, work: list[tuple[StreamActor, list[Slice]]]) -> bool:
+        """Whether to score a piece on the event loop rather than on a detection thread."""
+        budget = self._config.inline_budget_us
+        return budget > 0 and _scoring_cost_us(work) <= budget
 
     def _settle(self) -> None:
         """Account for the commits that are durable, oldest first (the writer keeps order)."""
@@ -391,6 +401,15 @@ def _apply(
     return anomalies, points
 
 
+INLINE_BUDGET_US = 3000.0
+"""The most scoring the event loop of a process with one detection thread (a node of one
+process per core, `--processes 0`) does itself, blocking everything else meanwhile.
+
+There, a hand-over to the thread and back cost a paced batch of one or two messages ~15 ms
+(median) of waiting for the GIL and for the thread's other batches, against under 1 ms of
+scoring (two node processes at 200,000 events/s). A process with more threads has cores they
+score on beside the loop, which a backlog needs: one process on 2 cores scoring small
+batches inline handled 9,376 single-point messages/s against 13,082 on its threads."""
 CALL_US, POINT_US = 120.0, 1.5
 """What scoring costs on this project's 2-core reference machine: a detector call has a fixed
 cost, then each point adds its own (`python -m bench.detect_cost`; ad hoc timings of one call
