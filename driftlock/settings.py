@@ -89,8 +89,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        description="threads the partitions' detectors score large batches on (a small batch"
-        " is scored on the event loop); 0: one per CPU core",
+        description="threads the partitions' detectors score batches on (with 1, a small"
+        " batch is scored on the event loop instead); 0: one per CPU core",
     )
     max_points_per_message: int = Field(10_000, ge=1, description="larger batches are rejected")
     passivate_after_s: float = Field(
