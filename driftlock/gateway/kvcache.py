@@ -135,24 +135,28 @@ class KvCache(Generic[T]):
         fresh: tuple[dict[str, T], dict[str, Seen]] | None = ({}, {})
         try:
             async for entry in watcher:
-                if entry is not None:
-                    entries, seen = fresh if fresh is not None else (self._entries, self._seen)
-                    seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
-                    value = self._decode(entry.key, entry.operation, entry.value)
-                    if value is None:
-                        entries.pop(entry.key, None)
-                    else:
-                        entries[entry.key] = value
-                    if fresh is None:
+                if fresh is None:  # loaded: every entry is a change
+                    if entry is not None:
+                        self._apply(entry, self._entries, self._seen)
                         self._changed()
-                        continue
-                if fresh is not None and await self._initial_values_in(entry):
+                    continue
+                if entry is not None:
+                    self._apply(entry, *fresh)
+                if await self._initial_values_in(entry):
                     (self._entries, self._seen), fresh = fresh, None
                     self._loaded.set()
                     self._changed()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, entry: KeyValue.Entry, entries: dict[str, T], seen: dict[str, Seen]) -> None:
+        seen[entry.key] = Seen(entry.revision or 0, time.monotonic())
+        value = self._decode(entry.key, entry.operation, entry.value)
+        if value is None:
+            entries.pop(entry.key, None)
+        else:
+            entries[entry.key] = value
 
     async def _initial_values_in(self, entry: KeyValue.Entry | None) -> bool:
         """Whether the watch has delivered the bucket as it was when it started. The last of
