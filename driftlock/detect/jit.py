@@ -9,11 +9,15 @@ partition scores a large batch.
 numba checks a cached function against its own source file only, not against the compiled
 functions it calls: an edit to `rolling.py` would leave `robust.py`'s cached code calling the
 old median. The cache directory is therefore named after a hash of every module of this
-package, so any edit here starts a fresh cache.
+package, so any edit here starts a fresh cache; the caches of earlier sources are removed
+once unused for an hour.
 """
 
+import contextlib
 import hashlib
 import os
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -35,9 +39,20 @@ def _cache_dir() -> Path:
     return _PACKAGE / "__pycache__" / f"numba-{digest.hexdigest()}"
 
 
+def drop_stale_caches(current: Path, idle_s: float = 3600.0) -> None:
+    """Remove the caches of this package's earlier sources (~12 MB each, one per edit) that
+    no process has written to for idle_s: one still starting from old code keeps its own."""
+    now = time.time()
+    for cache in current.parent.glob("numba-*"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if cache != current and now - cache.stat().st_mtime > idle_s:
+                shutil.rmtree(cache)
+
+
 if "NUMBA_CACHE_DIR" not in os.environ:  # an operator's own choice wins
     os.environ["NUMBA_CACHE_DIR"] = str(_cache_dir())
     numba.core.config.reload_config()  # type: ignore[no-untyped-call]
+    drop_stale_caches(_cache_dir())
 
 
 def jit(fn: F) -> F:
