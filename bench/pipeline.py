@@ -53,6 +53,9 @@ FIXED_RATES = (20_000, 50_000, 75_000)
 is a backlog's, where each stream's queued messages share one detector call; paced, every
 message is a call of its own, so latency is also shown at rates a user would configure."""
 T0 = 1_732_550_400.0
+SPIKES_PER_S = 30
+"""Spikes a loaded latency phase times each second: 300 in a 10 s phase, so its p99 is not
+just its slowest spike (with 100 it was, and one stall swung it by 100 ms)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ async def loaded_latency(
             arrived.setdefault(msg.subject.split(".")[-1], time.perf_counter())
 
     await nc.subscribe(f"dl.anomaly.{tenant}.>", cb=on_anomaly)
-    spikes = max(int(seconds * 10), 5)
+    spikes = max(int(seconds * SPIKES_PER_S), 5)
     await warm_up(nc, tenant, spikes, seed=3)
     messages = int(rate_eps * seconds / s.points_per_message) + 1
     # Streams of their own: another phase's would go back in time to T0.
