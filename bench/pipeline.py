@@ -278,6 +278,14 @@ async def loaded_latency(
     return [1000 * (arrived[k] - t) for k, t in sent.items() if k in arrived]
 
 
+async def purge_events(url: str) -> None:
+    """Empty DL_EVENTS: a fresh node applies the stream from its start, so it would also work
+    through the raw ceiling's copy and every earlier scenario while being measured."""
+    nc = await nats.connect(url)
+    await nc.jetstream().purge_stream("DL_EVENTS")
+    await nc.close()
+
+
 def start_node(
     url: str, data_dir: Path, processes: int = 1
 ) -> tuple[subprocess.Popen[bytes], list[int]]:
@@ -334,6 +342,7 @@ async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]
             for s in scenarios:
                 messages = payloads(s)
                 ceiling, publish_rate = await raw_ceiling(server.url, s, messages, processes)
+                await purge_events(server.url)
                 node_dir = Path(tmp) / f"node-{len(rows)}"
                 node, ports = start_node(server.url, node_dir, processes)
                 try:
