@@ -9,8 +9,8 @@ partition scores a large batch.
 numba checks a cached function against its own source file only, not against the compiled
 functions it calls: an edit to `rolling.py` would leave `robust.py`'s cached code calling the
 old median. The cache directory is therefore named after a hash of every module of this
-package, so any edit here starts a fresh cache; the caches of earlier sources are removed
-once unused for an hour.
+package, so any edit here starts a fresh cache; the caches of earlier sources go once none
+has been written for an hour.
 """
 
 import contextlib
@@ -50,9 +50,10 @@ def drop_stale_caches(current: Path, idle_s: float = 3600.0) -> None:
 
 
 if "NUMBA_CACHE_DIR" not in os.environ:  # an operator's own choice wins
-    os.environ["NUMBA_CACHE_DIR"] = str(_cache_dir())
+    _cache = _cache_dir()
+    os.environ["NUMBA_CACHE_DIR"] = str(_cache)
     numba.core.config.reload_config()  # type: ignore[no-untyped-call]
-    drop_stale_caches(_cache_dir())
+    drop_stale_caches(_cache)
 
 
 def jit(fn: F) -> F:
