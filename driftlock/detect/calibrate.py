@@ -47,6 +47,7 @@ class Calibrator:
         self.quantile = quantile
         self.floors, self.priors = floors, priors
         self.detectors = len(floors)
+        self._fresh: tuple[bytes, bytes] | None = None
 
     def stored(self, state: DetectorState) -> tuple[bytes, bytes]:
         """The state's histogram and references as `stored_surprise` reads them: the stored
@@ -54,6 +55,16 @@ class Calibrator:
         size = self.detectors * BINS
         if len(state.hist) == 4 * size and len(state.refs) == 8 * self.detectors:
             return state.hist, state.refs
+        if not state.hist and not state.refs:
+            # A new stream's, the same for all: completing them anew took 7.7% of a node
+            # process's time with the GIL while every message was a new stream.
+            if self._fresh is None:
+                self._fresh = self._completed(state)
+            return self._fresh
+        return self._completed(state)
+
+    def _completed(self, state: DetectorState) -> tuple[bytes, bytes]:
+        size = self.detectors * BINS
         hist = np.zeros(size, dtype=np.int32)
         refs = _references(hist, self.quantile, self.floors, self.priors)
         # A state from before a detector was added holds the others' rows (a prefix): the new
