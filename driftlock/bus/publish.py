@@ -80,9 +80,7 @@ class AckInbox:
                 await self._nc.publish(
                     subject, payload, reply=self._prefix + token, headers=headers
                 )
-            async with asyncio.timeout_at(deadline):
-                for future in futures:
-                    await future
+            await self._wait_for_acks(futures, deadline)
         except BaseException:
             for token in tokens:
                 self._pending.pop(token, None)
@@ -96,6 +94,17 @@ class AckInbox:
             if not self._subscribed:  # nats-py subscribes it again after a reconnect
                 await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
                 self._subscribed = True
+
+    async def _wait_for_acks(self, futures: list["asyncio.Future[int]"], deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                for future in futures:
+                    await future
+        except TimeoutError:
+            unacked = sum(not f.done() for f in futures)
+            raise TimeoutError(
+                f"{unacked} of {len(futures)} publishes have waited for their acks too long"
+            ) from None
 
     async def _wait_for_room(self, seconds: float) -> None:
         self._room.clear()
