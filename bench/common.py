@@ -1,6 +1,7 @@
 """What the benchmarks share: a managed nats-server, a node process, result tables."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -93,3 +94,23 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 120) -> None
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its live child processes have used, from
+    /proc (Linux; elsewhere NaN): a node's own cost, whatever else ran on the machine."""
+    proc = Path("/proc")
+    if not (proc / str(pid) / "stat").exists():
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) may hold spaces: count fields after its ')'.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it exited meanwhile
+            continue
+        process, parent = int(stat.parent.name), int(fields[1])
+        if pid in (process, parent):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total

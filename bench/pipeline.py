@@ -2,12 +2,14 @@
 the raw ceiling measured in the same run (JetStream store + DriftLock's pull feed + payload
 decode, no DriftLock logic, in as many consumer processes as the node has processes).
 
-    python -m bench.pipeline [--node-processes N] [--quick]
+    python -m bench.pipeline [--node-processes N] [--rounds N] [--quick]
 
 Reports events/s for single-point messages, 100-point JSON batches and 100-point columnar
 msgpack batches (`{"ts": <bin>, "values": <bin>}`), over 1,000 and 100,000 streams: the
 producer's own rate, the raw ceiling (its consumer is a separate process, as the node is) and
-DriftLock; and the publish → anomaly latency on an idle node and under load.
+DriftLock, each the median of several rounds (every round on streams of its own), with the
+node's CPU time per event; and the publish → anomaly latency on an idle node and under
+load.
 """
 
 import argparse
@@ -32,6 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bench.common import (
+    cpu_seconds,
     logged,
     owned_partitions,
     print_table,
@@ -177,9 +180,15 @@ async def consume_raw(url: str, events: int, first_seq: int, index: int, process
 
 
 async def end_to_end(
-    url: str, metrics_ports: list[int], s: Scenario, messages: list[tuple[str, bytes]]
-) -> float:
-    """Events/s from the first publish until the node's processes have applied them all."""
+    url: str,
+    node: subprocess.Popen[bytes],
+    metrics_ports: list[int],
+    s: Scenario,
+    messages: list[tuple[str, bytes]],
+) -> tuple[float, float]:
+    """Events/s from the first publish until the node's processes have applied them all,
+    and the node's CPU time per event meanwhile (µs): what it costs, whichever process on
+    the machine was busy, so it varies much less from run to run than the rate."""
 
     def applied() -> float:
         # The node is other processes: their applied counts are only visible by scraping.
@@ -187,13 +196,25 @@ async def end_to_end(
 
     nc = await nats.connect(url)
     before = applied()
+    cpu_before = cpu_seconds(node.pid)
     started = time.perf_counter()
     await publish_all(nc, messages, MSGPACK if s.columnar else None)
     while applied() - before < s.events:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(node.pid) - cpu_before
     await nc.close()
-    return s.events / elapsed
+    return s.events / elapsed, 1e6 * cpu / s.events
+
+
+def for_round(messages: list[tuple[str, bytes]], round_: int) -> list[tuple[str, bytes]]:
+    """The messages on streams of their own for a round after the first: a round on the
+    streams of the one before would measure streams further into their history, not the
+    same thing again."""
+    if round_ == 0:
+        return messages
+    prefix = f"dl.in.r{round_}"
+    return [(prefix + subject.removeprefix("dl.in."), body) for subject, body in messages]
 
 
 def is_spike(msg: Msg) -> bool:
@@ -316,7 +337,7 @@ def _wait_for_partitions(ports: list[int], timeout: float = 60) -> None:
     raise RuntimeError(f"the node's processes own {owned} of {PARTITIONS} partitions")
 
 
-async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]:
+async def main(quick: bool, streams: set[int], processes: int, rounds: int) -> dict[str, Any]:
     scale = 0.02 if quick else 1.0
     scenarios = [
         Scenario("1-point messages", int(100_000 * scale), 1, 1000),
@@ -326,7 +347,12 @@ async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]
         Scenario("100-point columnar", int(100_000 * scale), 100, 100_000, columnar=True),
     ]
     scenarios = [s for s in scenarios if s.streams in streams]
-    results: dict[str, Any] = {"quick": quick, "node_processes": processes, "scenarios": []}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "node_processes": processes,
+        "rounds": rounds,
+        "scenarios": [],
+    }
     rows: list[list[Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = ManagedNatsServer(
@@ -341,12 +367,19 @@ async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]
             await nc.close()
             for s in scenarios:
                 messages = payloads(s)
-                ceiling, publish_rate = await raw_ceiling(server.url, s, messages, processes)
+                ceilings = []
+                for _ in range(rounds):
+                    ceilings.append(await raw_ceiling(server.url, s, messages, processes))
+                ceiling, publish_rate = (statistics.median(c) for c in zip(*ceilings, strict=True))
                 await purge_events(server.url)
                 node_dir = Path(tmp) / f"node-{len(rows)}"
                 node, ports = start_node(server.url, node_dir, processes)
                 try:
-                    e2e = await end_to_end(server.url, ports, s, messages)
+                    runs = [
+                        await end_to_end(server.url, node, ports, s, for_round(messages, r))
+                        for r in range(rounds)
+                    ]
+                    e2e, cpu_us = (statistics.median(r) for r in zip(*runs, strict=True))
                     latencies = (
                         await idle_latency(server.url, 20 if quick else 200)
                         if s.points_per_message == 1 and s.streams == 1000
@@ -362,6 +395,7 @@ async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]
                             results[f"latency_ms_at_{name}"] = _quantiles(found)
                 finally:
                     stop_process(node)
+                spread = [r[0] for r in runs]
                 rows.append(
                     [
                         s.name,
@@ -370,21 +404,37 @@ async def main(quick: bool, streams: set[int], processes: int) -> dict[str, Any]
                         publish_rate,
                         ceiling,
                         e2e,
+                        f"{min(spread):,.0f}–{max(spread):,.0f}",
                         f"{e2e / ceiling:.2f}",
+                        cpu_us,
                     ]
                 )
                 results["scenarios"].append(
                     {"name": s.name, "events": s.events, "streams": s.streams,
                      "publish_eps": publish_rate, "raw_ceiling_eps": ceiling,
-                     "end_to_end_eps": e2e}
+                     "end_to_end_eps": e2e, "node_cpu_us_per_event": cpu_us,
+                     "rounds": {"raw_ceiling_eps": [c[0] for c in ceilings],
+                                "end_to_end_eps": spread,
+                                "node_cpu_us_per_event": [r[1] for r in runs]}}
                 )  # fmt: skip
                 if latencies:
                     results["idle_latency_ms"] = _quantiles(latencies)
         finally:
             server.stop()
     print_table(
-        f"End to end, one node of {processes} process(es), 64 partitions (events/s)",
-        ["scenario", "streams", "events", "publish only", "raw ceiling", "DriftLock", "ratio"],
+        f"End to end, one node of {processes} process(es), 64 partitions (events/s; median of "
+        f"{rounds} round(s), each on streams of its own)",
+        [
+            "scenario",
+            "streams",
+            "events",
+            "publish only",
+            "raw ceiling",
+            "DriftLock",
+            "DriftLock's range",
+            "ratio",
+            "node CPU µs/event",
+        ],
         rows,
     )
     for key, label in [
@@ -430,6 +480,13 @@ def cli() -> None:
         "(default 0: one per core)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="measure each scenario's raw ceiling and end to end this many times and report "
+        "the medians (default 3; 1 with --quick): one run swings by ±30%% on a shared machine",
+    )
+    parser.add_argument(
         "--raw-consumer",
         nargs=5,
         metavar=("URL", "EVENTS", "FIRST_SEQ", "INDEX", "PROCESSES"),
@@ -442,8 +499,11 @@ def cli() -> None:
         return
     if args.node_processes < 0:
         parser.error(f"--node-processes {args.node_processes}: must be 0 or more")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be 1 or more")
+    rounds = args.rounds or (1 if args.quick else 3)
     processes = args.node_processes or os.cpu_count() or 1
-    results = uvloop.run(main(args.quick, set(args.streams), processes))
+    results = uvloop.run(main(args.quick, set(args.streams), processes, rounds))
     print("wrote", write_results("pipeline-quick" if args.quick else "pipeline", results))
 
 

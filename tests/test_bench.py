@@ -11,6 +11,9 @@ def test_pipeline_quick_mode_reports_numbers() -> None:
     results = json.loads((ROOT / "bench" / "results" / "pipeline-quick.json").read_text())
     for scenario in results["scenarios"]:
         assert scenario["end_to_end_eps"] > 0 and scenario["raw_ceiling_eps"] > 0
+        # The node's own CPU time: a node measured as using none was not the one measured.
+        assert scenario["node_cpu_us_per_event"] > 0
+        assert scenario["rounds"]["end_to_end_eps"] == [scenario["end_to_end_eps"]]
     assert results["idle_latency_ms"]["p50"] > 0
     assert all(results[f"latency_ms_at_{r}eps"]["n"] > 0 for r in (20_000, 50_000, 75_000))
 
