@@ -3,9 +3,10 @@
     python -m bench.detect_cost [--points N] [--streams N] [--quick]
 
 - one stream fed in batches of 100 points;
-- 10,000 streams fed interleaved: every stream gets one point per call, as when a partition
+- 10,000 streams fed interleaved: every stream gets one point at a time, as when a partition
   worker's pull batch holds points of many more streams than it has messages (and, for
-  comparison, 10 points per call);
+  comparison, 10 points), scored by a `detect` call per stream and, as a partition worker
+  scores a piece, by `detect_many` calls of 100 streams;
 plus the serialised state size per stream. The data is a noisy daily pattern at one point a
 minute with a few spikes, so every detector and the seasonal profile work as in production.
 Each call is timed in wall time and in this process's CPU time: on a machine others keep busy,
@@ -27,6 +28,8 @@ from driftlock.settings import load_settings
 
 T0 = 1_732_492_800.0  # a midnight, UTC
 PASSES = 5
+PIECE = 100
+"""Streams a `detect_many` call scores: a partition worker's piece of a busy pull batch."""
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -66,24 +69,40 @@ def one_stream(detector: Detector, points: int, batch: int) -> dict[str, Any]:
     }
 
 
-def interleaved(detector: Detector, streams: int, rounds: int, per_call: int) -> dict[str, Any]:
-    """`streams` states in a dict; each round every stream gets `per_call` points."""
+def interleaved(
+    detector: Detector, streams: int, rounds: int, per_call: int, together: int = 1
+) -> dict[str, Any]:
+    """`streams` states in a dict; each round every stream gets `per_call` points, scored
+    `together` streams a call (`Detector.detect_many`, as a partition worker scores a piece)
+    or, with 1, a `detect` call each."""
     data = [stream(seed, (rounds + 2) * per_call) for seed in range(streams)]
     states = {seed: DetectorState() for seed in range(streams)}
     # Warm every stream up first, so that what is timed is the steady state.
     for seed, (ts, values) in enumerate(data):
         states[seed], _ = detector.detect(states[seed], values[: 2 * per_call], ts[: 2 * per_call])
+    groups = [
+        list(range(first, min(first + together, streams))) for first in range(0, streams, together)
+    ]
     started, cpu = time.perf_counter(), time.process_time()
     for r in range(2, rounds + 2):
         part = slice(r * per_call, (r + 1) * per_call)
-        for seed, (ts, values) in enumerate(data):
-            states[seed], _ = detector.detect(states[seed], values[part], ts[part])
+        if together == 1:
+            for seed, (ts, values) in enumerate(data):
+                states[seed], _ = detector.detect(states[seed], values[part], ts[part])
+            continue
+        for group in groups:
+            batches = [(data[seed][1][part], data[seed][0][part]) for seed in group]
+            scored = detector.detect_many(
+                [states[seed] for seed in group], batches, [0.5] * len(group)
+            )
+            for seed, (state, _) in zip(group, scored, strict=True):
+                states[seed] = state
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    points, calls = streams * rounds * per_call, streams * rounds
+    points, batches_scored = streams * rounds * per_call, streams * rounds
     return {
         "points_per_s": points / elapsed,
-        "us_per_call": 1e6 * elapsed / calls,
-        "cpu_us_per_call": 1e6 * cpu / calls,
+        "us_per_stream_batch": 1e6 * elapsed / batches_scored,
+        "cpu_us_per_stream_batch": 1e6 * cpu / batches_scored,
     }
 
 
@@ -100,16 +119,25 @@ def main() -> None:
     detector = Detector(load_settings().detector)
     freeze_long_lived()  # as a node does once started: see driftlock/gcfreeze.py
     single = one_stream(detector, args.points, 100)
-    one_point = interleaved(detector, args.streams, args.rounds, 1)
-    ten_points = interleaved(detector, args.streams, max(1, args.rounds // 10), 10)
-    columns = ("points_per_s", "us_per_call", "cpu_us_per_call")
-    scenarios = [
-        ("1 stream, batches of 100", single),
-        (f"{args.streams:,} streams interleaved, 1 point per call", one_point),
-        (f"{args.streams:,} streams interleaved, 10 points per call", ten_points),
+    single["us_per_stream_batch"] = single["us_per_call"]
+    single["cpu_us_per_stream_batch"] = single["cpu_us_per_call"]
+    piece = min(PIECE, args.streams)
+    n = f"{args.streams:,} streams interleaved"
+    interleavings = [
+        ("interleaved_1_point", f"{n}, 1 point each, a call each", 1, 1),
+        ("interleaved_1_point_together", f"{n}, 1 point each, {piece} streams a call", 1, piece),
+        ("interleaved_10_points", f"{n}, 10 points each, a call each", 10, 1),
+        ("interleaved_10_points_together", f"{n}, 10 points each, {piece} a call", 10, piece),
     ]
+    measured = {
+        key: interleaved(detector, args.streams, max(1, args.rounds // points), points, together)
+        for key, _, points, together in interleavings
+    }
+    columns = ("points_per_s", "us_per_stream_batch", "cpu_us_per_stream_batch")
+    scenarios = [("1 stream, batches of 100", single)]
+    scenarios += [(label, measured[key]) for key, label, _, _ in interleavings]
     rows = [[name, *(result[c] for c in columns)] for name, result in scenarios]
-    header = ["scenario", "points/s", "µs per call", "CPU µs per call"]
+    header = ["scenario", "points/s", "µs per stream's batch", "CPU µs"]
     print_table("Detector cost, one core", header, rows)
     print(
         f"\none stream: best of {PASSES} passes; median pass "
@@ -120,8 +148,10 @@ def main() -> None:
         "detect_cost-quick" if args.quick else "detect_cost",
         {
             "one_stream_batch_100": single,
-            "interleaved_1_point": {"streams": args.streams, **one_point},
-            "interleaved_10_points": {"streams": args.streams, **ten_points},
+            **{
+                key: {"streams": args.streams, "together": together, **measured[key]}
+                for key, _, _, together in interleavings
+            },
         },
     )
     print(saved)

@@ -208,6 +208,45 @@ def test_empty_batch_changes_nothing() -> None:
     assert first == DetectorState()
 
 
+def test_many_streams_in_one_call_score_as_each_alone() -> None:
+    """`detect_many` is `detect` for each stream, bit for bit (states, scores, bands,
+    anomalies, their kinds and detectors), whatever the mix of batch sizes, sensitivities,
+    new and older states, and streams with nothing in a call."""
+    detector = Detector()
+    series = [eventful_series(seed) for seed in range(4)]
+    n = len(series[0][0])
+    sensitivities = [0.5, 0.2, 0.9, 0.5]
+    alone = [DetectorState() for _ in series]
+    together = [DetectorState() for _ in series]
+    offsets = [0] * len(series)
+    rng = np.random.default_rng(3)
+    flagged = 0
+    while min(offsets) < n:
+        sizes = [min(int(rng.choice([0, 1, 1, 7, 120, 400])), n - o) for o in offsets]
+        batches = [
+            (x[o : o + size], ts[o : o + size])
+            for (x, ts), o, size in zip(series, offsets, sizes, strict=True)
+        ]
+        scored = detector.detect_many(together, batches, sensitivities)
+        for k, ((state, found), (x, ts)) in enumerate(zip(scored, batches, strict=True)):
+            expected_state, expected = detector.detect(alone[k], x, ts, sensitivities[k])
+            assert msgspec.msgpack.encode(state) == msgspec.msgpack.encode(expected_state)
+            for got, want in (
+                (found.score, expected.score),
+                (found.lower, expected.lower),
+                (found.upper, expected.upper),
+            ):
+                assert got.tobytes() == want.tobytes()
+            assert found.anomalies.tolist() == expected.anomalies.tolist()
+            assert found.kinds == expected.kinds
+            assert found.detectors == expected.detectors
+            flagged += len(found.anomalies)
+            alone[k], together[k] = expected_state, state
+        offsets = [o + size for o, size in zip(offsets, sizes, strict=True)]
+    assert flagged >= 20
+    assert detector.detect_many([], [], []) == []
+
+
 # -- what is flagged, and how --
 
 

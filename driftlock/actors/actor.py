@@ -9,9 +9,10 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from driftlock.detect import Detections, Detector
+from driftlock.detect import Detections, Detector, DetectorState
 from driftlock.detect.custom_rules import RuleHit
 from driftlock.detect.custom_rules import evaluate as evaluate_rules
+from driftlock.detect.tuning import StreamTuning
 from driftlock.state.records import ActorRecord, encode
 from driftlock.wire.messages import Anomaly, AnomalyKind, anomaly_id
 
@@ -40,10 +41,26 @@ class StreamActor:
     ) -> list[Anomaly]:
         """Apply points in stream order; returns the anomalies among them: the detectors'
         and the tenant's custom rules' (at the tenant's sensitivity for this metric)."""
-        record = self.record
         tuning = detector.tuning_for(self.tenant, self.metric)
+        state, found = detector.detect(self.record.detector, values, ts, tuning.sensitivity)
+        return self.absorb(tuning, ts, values, seqs, indexes, state, found)
+
+    def absorb(
+        self,
+        tuning: StreamTuning,
+        ts: FloatArray,
+        values: FloatArray,
+        seqs: IntArray,
+        indexes: IntArray,
+        state: DetectorState,
+        found: Detections,
+    ) -> list[Anomaly]:
+        """`apply` once the detector has scored the points (`Detector.detect_many` scores a
+        partition's streams together): keep its new state, run the custom rules, and
+        return the anomalies."""
+        record = self.record
         before = (record.last_ts, record.last_value) if record.points else (None, None)
-        record.detector, found = detector.detect(record.detector, values, ts, tuning.sensitivity)
+        record.detector = state
         hits = evaluate_rules(tuning.rules, ts, values, *before)
         if record.points == 0:
             record.first_ts = float(ts[0])
