@@ -6,7 +6,6 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -206,18 +205,17 @@ async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_
     task cancelled meanwhile ends only once its thread let go of the actors."""
     release, entered = threading.Event(), threading.Event()
     threads: set[str] = set()
-    detect_many = Detector.detect_many
+    detect = Detector.detect
 
-    def held_detect(self: Detector, states: Any, batches: Any, *args: Any) -> Any:
-        firsts = {float(values[0]) for values, _ in batches}
-        if firsts & {999.0, 1.0}:  # this test's points (not the detector's warm-up)
+    def held_detect(self: Detector, state: object, values: np.ndarray, *args: object) -> object:
+        if values[0] in (999.0, 1.0):  # this test's points (not the detector's warm-up)
             threads.add(threading.current_thread().name)
-        if 999.0 in firsts:
+        if values[0] == 999.0:
             entered.set()
             assert release.wait(10.0)
-        return detect_many(self, states, batches, *args)
+        return detect(self, state, values, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Detector, "detect_many", held_detect)
+    monkeypatch.setattr(Detector, "detect", held_detect)
     slow, other = "slow", next(m for m in ("b", "c", "d", "e") if _p(m) != _p("slow"))
     node = Node(node_settings.model_copy(update={"detect_threads": 2}))
     await node.start()
@@ -247,14 +245,13 @@ async def test_with_one_detection_thread_a_small_batch_is_scored_on_the_event_lo
     """With one thread (a node of a process per core) a small batch is scored on the loop
     and a large one on the thread; with more, every batch goes to the threads."""
     threads: dict[float, str] = {}
-    detect_many = Detector.detect_many
+    detect = Detector.detect
 
-    def noted_detect(self: Detector, states: Any, batches: Any, *args: Any) -> Any:
-        for values, _ in batches:
-            threads.setdefault(float(values[0]), threading.current_thread().name)
-        return detect_many(self, states, batches, *args)
+    def noted_detect(self: Detector, state: object, values: np.ndarray, *args: object) -> object:
+        threads.setdefault(float(values[0]), threading.current_thread().name)
+        return detect(self, state, values, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Detector, "detect_many", noted_detect)
+    monkeypatch.setattr(Detector, "detect", noted_detect)
     node = Node(node_settings.model_copy(update={"detect_threads": detect_threads}))
     await node.start()
     try:

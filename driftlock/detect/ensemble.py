@@ -263,10 +263,7 @@ class Detector:
         array it returned was also a Python call of numba's), and on a detection thread it
         gave the GIL up and waited to get it back, stream after stream. Here each field of
         all the states goes in as one joined buffer, and the new states come back as one."""
-        cfg, cal = self.config, self._calibrator
         lengths = [len(v) for v, _ in batches]
-        if not states:
-            return []
         if not all(lengths):  # nothing to score for some: they keep their state
             some = [k for k, n in enumerate(lengths) if n]
             scored = iter(
@@ -275,95 +272,51 @@ class Detector:
                     [batches[k] for k in some],
                     [sensitivities[k] for k in some],
                 )
-                if some
-                else []
             )
             return [
                 next(scored) if n else (s, _nothing()) for s, n in zip(states, lengths, strict=True)
             ]
+        if not states:
+            return []
         values = np.concatenate([v for v, _ in batches]).astype(np.float64, copy=False)
         times = np.concatenate([t for _, t in batches]).astype(np.float64, copy=False)
+        many = _many_holding_gil if threading.current_thread() is _MAIN else _many
+        arguments = self._joined(states, lengths, sensitivities)
+        found = _Many._make(many(values, times, *arguments))
+        return _split(found, states, lengths, values, times)
+
+    def _joined(
+        self, states: Sequence[DetectorState], lengths: list[int], sensitivities: Sequence[float]
+    ) -> tuple[Any, ...]:
+        """`_many`'s arguments after the points: where each stream's points end, each byte
+        field of all the states joined (`_JOINED`, then the completed calibration) and where
+        each state's part ends, their integer and float fields, then the configuration."""
+        cfg, cal = self.config, self._calibrator
         completed = [cal.stored(state) for state in states]
         columns = [list(map(attrgetter(name), states)) for name in _JOINED]
         columns += [[h for h, _ in completed], [r for _, r in completed]]
-        ints = np.array([list(map(attrgetter(name), states)) for name in _INTS], dtype=np.int64)
-        floats = np.array(
-            [
-                [np.nan if s.last_ts is None else s.last_ts for s in states],
-                [s.gap_record for s in states],
-                [s.season_width for s in states],
-                [reference_shift(x) for x in sensitivities],
-            ],
-            dtype=np.float64,
+        floats = [
+            [np.nan if s.last_ts is None else s.last_ts for s in states],
+            [s.gap_record for s in states],
+            [s.season_width for s in states],
+            [reference_shift(x) for x in sensitivities],
+        ]
+        return (
+            np.cumsum(lengths, dtype=np.int64),
+            tuple(np.frombuffer(b"".join(c), dtype=np.uint8) for c in columns),
+            np.array([list(map(len, c)) for c in columns], dtype=np.int64).cumsum(axis=1),
+            np.array([list(map(attrgetter(name), states)) for name in _INTS], dtype=np.int64),
+            np.array(floats, dtype=np.float64),
+            (cfg.warmup, cfg.window, cfg.season_days),
+            (
+                float(cal.quantile),
+                cal.floors,
+                cal.priors,
+                cfg.refractory,
+                float(cfg.refractory_seconds),
+                float(cfg.threshold),
+            ),
         )
-        many = _many_holding_gil if threading.current_thread() is _MAIN else _many
-        m = _Many._make(
-            many(
-                values,
-                times,
-                np.cumsum(lengths, dtype=np.int64),
-                tuple(np.frombuffer(b"".join(c), dtype=np.uint8) for c in columns),
-                np.array([list(map(len, c)) for c in columns], dtype=np.int64).cumsum(axis=1),
-                ints,
-                floats,
-                (cfg.warmup, cfg.window, cfg.season_days),
-                (
-                    float(cal.quantile),
-                    cal.floors,
-                    cal.priors,
-                    cfg.refractory,
-                    float(cfg.refractory_seconds),
-                    float(cfg.threshold),
-                ),
-            )
-        )
-        blob, bounds = m.packed.tobytes(), m.packed_ends.tolist()
-        scalars, more = m.ints.T.tolist(), m.floats.T.tolist()
-        found_ends = m.anomaly_ends.tolist()
-        results: list[tuple[DetectorState, Detections]] = []
-        start = found = byte = 0
-        for k, state in enumerate(states):
-            end = start + lengths[k]
-            ends = bounds[k]
-            parts = map(blob.__getitem__, map(slice, [byte, *ends[:-1]], ends))
-            byte = ends[-1]
-            flat_run, flat_record, today, reach, week_today, up, down = scalars[k]
-            gap_record, width = more[k]
-            new_state = msgspec.structs.replace(
-                state,
-                count=state.count + lengths[k],
-                last_ts=float(times[end - 1]),
-                flat_run=flat_run,
-                flat_record=flat_record,
-                gap_record=gap_record,
-                season_today=today,
-                season_reach=reach,
-                season_width=width,
-                week_today=week_today,
-                cusum_up=up,
-                cusum_down=down,
-                **dict(zip(STORED, parts, strict=True)),
-            )
-            anomalies = m.anomalies[found : found_ends[k]]
-            found = found_ends[k]
-            lower, upper = m.lower[start:end], m.upper[start:end]
-            kinds: list[AnomalyKind] = []
-            agreed: list[list[str]] = []
-            if len(anomalies):
-                kinds, agreed = _named(
-                    anomalies,
-                    values[start:end],
-                    m.surprise[:, start:end],
-                    m.rows[:, start:end],
-                    m.missing[start:end],
-                    m.flat[start:end],
-                    (m.envelope_lo[start:end], m.envelope_hi[start:end]),
-                    (lower, upper),
-                )
-            found_here = Detections(m.score[start:end], lower, upper, anomalies, kinds, agreed)
-            results.append((new_state, found_here))
-            start = end
-        return results
 
 
 class _Front(NamedTuple):
@@ -752,6 +705,63 @@ def _combine(
         fast[-refractory:].copy(),
         times[-refractory:].copy(),
     )
+
+
+def _split(
+    m: "_Many",
+    states: Sequence[DetectorState],
+    lengths: list[int],
+    values: FloatArray,
+    times: FloatArray,
+) -> list[tuple[DetectorState, Detections]]:
+    """`_many`'s results, stream by stream: its new state and its detections."""
+    blob, bounds = m.packed.tobytes(), m.packed_ends.tolist()
+    scalars, more = m.ints.T.tolist(), m.floats.T.tolist()
+    found_ends = m.anomaly_ends.tolist()
+    results: list[tuple[DetectorState, Detections]] = []
+    start = found = byte = 0
+    for k, state in enumerate(states):
+        end = start + lengths[k]
+        ends = bounds[k]
+        parts = map(blob.__getitem__, map(slice, [byte, *ends[:-1]], ends))
+        byte = ends[-1]
+        flat_run, flat_record, today, reach, week_today, up, down = scalars[k]
+        gap_record, width = more[k]
+        new_state = msgspec.structs.replace(
+            state,
+            count=state.count + lengths[k],
+            last_ts=float(times[end - 1]),
+            flat_run=flat_run,
+            flat_record=flat_record,
+            gap_record=gap_record,
+            season_today=today,
+            season_reach=reach,
+            season_width=width,
+            week_today=week_today,
+            cusum_up=up,
+            cusum_down=down,
+            **dict(zip(STORED, parts, strict=True)),
+        )
+        anomalies = m.anomalies[found : found_ends[k]]
+        found = found_ends[k]
+        lower, upper = m.lower[start:end], m.upper[start:end]
+        kinds: list[AnomalyKind] = []
+        agreed: list[list[str]] = []
+        if len(anomalies):
+            kinds, agreed = _named(
+                anomalies,
+                values[start:end],
+                m.surprise[:, start:end],
+                m.rows[:, start:end],
+                m.missing[start:end],
+                m.flat[start:end],
+                (m.envelope_lo[start:end], m.envelope_hi[start:end]),
+                (lower, upper),
+            )
+        found_here = Detections(m.score[start:end], lower, upper, anomalies, kinds, agreed)
+        results.append((new_state, found_here))
+        start = end
+    return results
 
 
 def _nothing() -> Detections:
