@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,13 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
-from driftlock.actors.partition import CALL_US, INLINE_BUDGET_US, POINT_US, _concatenate
+from driftlock.actors.partition import (
+    CALL_US,
+    INLINE_BUDGET_US,
+    MANY_FROM,
+    POINT_US,
+    _concatenate,
+)
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
 from driftlock.settings import Settings
@@ -263,6 +270,52 @@ async def test_with_one_detection_thread_a_small_batch_is_scored_on_the_event_lo
     on_loop = threads[5.0] == threading.current_thread().name  # the node runs on this loop
     assert on_loop == (detect_threads == 1)
     assert threads[7.0].startswith("detect")
+
+
+async def test_a_backlog_of_small_streams_is_scored_a_piece_a_call_as_each_alone(
+    node_settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog of single-point messages over a dozen streams of one partition: the worker
+    scores a piece's streams in one `detect_many` call, and every stream ends with the
+    record that scoring it alone makes."""
+    calls: list[int] = []
+    detect_many = Detector.detect_many
+
+    def counted(self: Detector, states: Any, *args: Any) -> Any:
+        calls.append(len(states))
+        return detect_many(self, states, *args)
+
+    monkeypatch.setattr(Detector, "detect_many", counted)
+    first = Node(node_settings)  # creates DL_EVENTS, so the backlog can wait in it
+    await first.start()
+    await first.shutdown()
+    partition = _p("m0")
+    streams = [m for m in (f"m{i}" for i in range(300)) if _p(m) == partition][:12]
+    assert len(streams) == 12
+    rng = np.random.default_rng(5)
+    series = {m: rng.normal(50.0, 2.0, 15) for m in streams}
+    for i in range(15):
+        for m in streams:
+            await nc.publish(f"dl.in.acme.{m}", json.dumps([T0 + 60.0 * i, series[m][i]]).encode())
+    await nc.flush()
+    detector = Detector(node_settings.detector)
+    node = Node(node_settings)
+    await node.start()
+    try:
+
+        def applied() -> bool:
+            records = [node.store.read_actor(partition, "acme", m) for m in streams]
+            return all(r is not None and r.points == 15 for r in records)
+
+        await eventually(applied)
+        assert any(n >= MANY_FROM for n in calls)
+        for m in streams:
+            reference = StreamActor("acme", m, None)
+            ts = T0 + 60.0 * np.arange(15, dtype=np.float64)
+            reference.apply(detector, ts, series[m], np.zeros(15, np.int64), np.arange(15))
+            assert node.store.read_actor(partition, "acme", m) == reference.record
+    finally:
+        await node.shutdown()
 
 
 def large_batch(first: float, points: int = 2000) -> bytes:

@@ -392,14 +392,15 @@ class PartitionWorker:
 def _apply(
     detector: Detector, work: list[tuple[StreamActor, list[Slice]]]
 ) -> tuple[list[Anomaly], int]:
-    """Score a piece's streams (in one detector call from MANY_FROM streams on), then let each
-    actor take its part."""
+    """Score a piece's streams (in one detector call where that pays: MANY_FROM streams or more,
+    MANY_POINTS points a stream or fewer), then let each actor take its part."""
     streams = [(actor, _concatenate(parts)) for actor, parts in work]
     tunings = [detector.tuning_for(actor.tenant, actor.metric) for actor, _ in streams]
     states = [actor.record.detector for actor, _ in streams]
     batches = [(values, ts) for _, (ts, values, _, _) in streams]
     sensitivities = [tuning.sensitivity for tuning in tunings]
-    if len(streams) >= MANY_FROM:
+    points = sum(len(values) for values, _ in batches)
+    if len(streams) >= MANY_FROM and points <= MANY_POINTS * len(streams):
         scored = detector.detect_many(states, batches, sensitivities)
     else:
         scored = [
@@ -407,19 +408,21 @@ def _apply(
             for state, (values, ts), sensitivity in zip(states, batches, sensitivities, strict=True)
         ]
     anomalies: list[Anomaly] = []
-    points = 0
     for (actor, (ts, values, seqs, indexes)), tuning, (state, found) in zip(
         streams, tunings, scored, strict=True
     ):
         anomalies += actor.absorb(tuning, ts, values, seqs, indexes, state, found)
-        points += len(values)
     return anomalies, points
 
 
-MANY_FROM = 4
-"""Streams from which a piece is scored in one `Detector.detect_many` call: joining the states
-for it costs ~80 µs a call, more than it saves on one to three streams (one stream of one
-point: 61 µs by `detect`, 139 by `detect_many`; four: 254 and 260; ad hoc, one core)."""
+MANY_FROM, MANY_POINTS = 4, 20
+"""When a piece is scored in one `Detector.detect_many` call: from 4 streams on, as joining
+the states costs ~80 µs a call, more than it saves on one to three (one stream of one point:
+61 µs by `detect`, 139 by `detect_many`; four: 254 and 260; ad hoc, one core); and at most
+20 points a stream on average, where a call's fixed cost is most of a stream's (2,000
+streams, one core: 1 point 90 → 50 µs a stream, 10 points 108 → 65). With 100 points a
+stream it saved 13% on one core and nothing measurable end to end (100-point backlogs:
+node CPU 2.2–2.6 µs an event either way), so those keep a call each."""
 
 
 INLINE_BUDGET_US = 3000.0
@@ -431,10 +434,11 @@ There, a hand-over to the thread and back cost a paced batch of one or two messa
 scoring (two node processes at 200,000 events/s). A process with more threads has cores they
 score on beside the loop, which a backlog needs: one process on 2 cores scoring small
 batches inline handled 9,376 single-point messages/s against 13,082 on its threads."""
-CALL_US, POINT_US = 50.0, 1.7
-"""What scoring costs on this project's 2-core reference machine: each stream of a piece has
-a fixed cost, then each point adds its own (`python -m bench.detect_cost`, 100 streams a
-`detect_many` call: 50 µs a stream at 1 point each, 65 at 10)."""
+CALL_US, POINT_US = 120.0, 1.5
+"""What scoring costs on this project's 2-core reference machine: a detector call has a fixed
+cost, then each point adds its own (`python -m bench.detect_cost`; ad hoc timings of one call
+on 1, 100 and 1,000 points). A piece scored by `detect_many` costs less (50 µs a stream at
+one point): the estimate errs on the side of the threads."""
 
 
 def _scoring_cost_us(work: list[tuple[StreamActor, list[Slice]]]) -> float:
