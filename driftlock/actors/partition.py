@@ -392,15 +392,15 @@ class PartitionWorker:
 def _apply(
     detector: Detector, work: list[tuple[StreamActor, list[Slice]]]
 ) -> tuple[list[Anomaly], int]:
-    """Score a piece's streams (in one detector call where that pays: MANY_FROM streams or more,
-    MANY_POINTS points a stream or fewer), then let each actor take its part."""
+    """Score a piece's streams (in one detector call from MANY_FROM streams on), then let each
+    actor take its part."""
     streams = [(actor, _concatenate(parts)) for actor, parts in work]
     tunings = [detector.tuning_for(actor.tenant, actor.metric) for actor, _ in streams]
     states = [actor.record.detector for actor, _ in streams]
     batches = [(values, ts) for _, (ts, values, _, _) in streams]
     sensitivities = [tuning.sensitivity for tuning in tunings]
     points = sum(len(values) for values, _ in batches)
-    if len(streams) >= MANY_FROM and points <= MANY_POINTS * len(streams):
+    if len(streams) >= MANY_FROM:
         scored = detector.detect_many(states, batches, sensitivities)
     else:
         scored = [
@@ -415,14 +415,13 @@ def _apply(
     return anomalies, points
 
 
-MANY_FROM, MANY_POINTS = 4, 20
-"""When a piece is scored in one `Detector.detect_many` call: from 4 streams on, as joining
-the states costs ~80 µs a call, more than it saves on one to three (one stream of one point:
-61 µs by `detect`, 139 by `detect_many`; four: 254 and 260; ad hoc, one core); and at most
-20 points a stream on average, where a call's fixed cost is most of a stream's (2,000
-streams, one core: 1 point 90 → 50 µs a stream, 10 points 108 → 65). With 100 points a
-stream it saved 13% on one core and nothing measurable end to end (100-point backlogs:
-node CPU 2.2–2.6 µs an event either way), so those keep a call each."""
+MANY_FROM = 4
+"""Streams from which a piece is scored in one `Detector.detect_many` call: joining the states
+costs ~80 µs a call, more than it saves on one to three streams (one stream of one point:
+61 µs by `detect`, 139 by `detect_many`; four: 254 and 260; ad hoc, one core). Limiting it
+also to pieces of at most 20 points a stream (where a call's fixed cost is most of a
+stream's) cost the single-point backlog its gain (node CPU 93 µs an event against 58 and
+77, `python -m bench.pipeline`) and changed nothing on 100-point ones."""
 
 
 INLINE_BUDGET_US = 3000.0
