@@ -27,6 +27,7 @@ NODE = (
     "metrics_host",
     "metrics_port",
     "pull_batch",
+    "commit_interval_s",
     "detect_threads",
     "max_points_per_message",
     "passivate_after_s",

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         9321, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
     )
     pull_batch: int = Field(2000, ge=1, le=100_000, description="messages per pull request")
+    commit_interval_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="longest a partition's applied changes wait to be committed to LMDB: "
+        "a stream in several batches meanwhile is written once; a crash replays at most "
+        "this much (0: a commit per batch)",
+    )
     processes: int = Field(
         1,
         ge=0,

@@ -318,6 +318,61 @@ async def test_a_backlog_of_small_streams_is_scored_a_piece_a_call_as_each_alone
         await node.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("interval_s", "max_active", "gathered"),
+    [(0.0, 50_000, False), (3600.0, 50_000, True), (3600.0, 4 * 4 * TEST_PARTITIONS, False)],
+    ids=["a-commit-per-batch", "gathered", "at-most-4-streams-waiting"],
+)
+async def test_a_backlog_commits_each_stream_once_for_many_batches(
+    node_settings: Settings, nc: Client, interval_s: float, max_active: int, gathered: bool
+) -> None:
+    """A backlog of 12 interleaved streams pulled a dozen messages at a time: with a commit
+    interval, a stream's state is written once for the batches it was in until the worker
+    went idle, not once per batch, and it is the state that scoring the stream alone makes.
+    An hour's interval never falls due here: the records land because the partition went
+    quiet. What waits for a commit stays in memory, so it is bounded like a piece: with room
+    for 4 streams a piece, 4 streams at most wait, and every batch of 12 commits."""
+    settings = node_settings.model_copy(
+        update={"pull_batch": 12, "commit_interval_s": interval_s, "max_active_actors": max_active}
+    )
+    first = Node(settings)  # creates DL_EVENTS, so the backlog can wait in it
+    await first.start()
+    await first.shutdown()
+    partition = _p("m0")
+    streams = [m for m in (f"m{i}" for i in range(300)) if _p(m) == partition][:12]
+    rng = np.random.default_rng(7)
+    series = {m: rng.normal(50.0, 2.0, 15) for m in streams}
+    for i in range(15):
+        for m in streams:
+            await nc.publish(f"dl.in.acme.{m}", json.dumps([T0 + 60.0 * i, series[m][i]]).encode())
+    await nc.flush()
+    node = Node(settings)
+    await node.start()
+    try:
+
+        def applied() -> bool:
+            records = [node.store.read_actor(partition, "acme", m) for m in streams]
+            return all(r is not None and r.points == 15 for r in records)
+
+        def written() -> float:
+            return metric(scrape(node.metrics_port), "driftlock_state_records_written_total")
+
+        await eventually(lambda: applied() and written() >= len(streams))
+        written_states = written()
+        if gathered:
+            assert written_states <= len(streams) * 15 / 3
+        else:  # a commit per batch or piece: a stream is in most of them
+            assert written_states >= len(streams) * 15 / 2
+        detector = Detector(settings.detector)
+        for m in streams:
+            reference = StreamActor("acme", m, None)
+            ts = T0 + 60.0 * np.arange(15, dtype=np.float64)
+            reference.apply(detector, ts, series[m], np.zeros(15, np.int64), np.arange(15))
+            assert node.store.read_actor(partition, "acme", m) == reference.record
+    finally:
+        await node.shutdown()
+
+
 def large_batch(first: float, points: int = 2000) -> bytes:
     """One message of more points than INLINE_BUDGET_US covers: scored on a thread."""
     assert CALL_US + POINT_US * points > INLINE_BUDGET_US

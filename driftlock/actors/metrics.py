@@ -36,9 +36,18 @@ class NodeMetrics:
         self.anomalies = Counter(
             "driftlock_anomalies", "Anomalies published, by kind", ["kind"], registry=r
         )
+        self.states_written = Counter(
+            "driftlock_state_records_written",
+            "Actor states committed to LMDB: one per stream per commit, however many of the "
+            "commit's batches it was in",
+            registry=r,
+        )
+        self.state_bytes_written = Counter(
+            "driftlock_state_written_bytes", "Bytes of actor state committed to LMDB", registry=r
+        )
         self.batch_seconds = Histogram(
             "driftlock_batch_seconds",
-            "Time to process one partition batch (decode, detect, publish, commit)",
+            "Time to process one piece of a pulled batch (decode, detect, publish)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )

@@ -103,6 +103,7 @@ class Node:
             # most a quarter of the limit beyond it.
             max_batch_streams=max(1, s.max_active_actors // (4 * s.partitions)),
             inline_budget_us=INLINE_BUDGET_US if detect_threads == 1 else 0.0,
+            commit_interval_s=s.commit_interval_s,
         )
         self._threads = threads = DetectionThreads(detect_threads)
         # One budget for the whole node: memory follows the actors in it, whatever the

@@ -3,12 +3,22 @@ hands each actor its slice, publishes anomalies and rejects, then commits every 
 with the new `last_applied_seq` in one LMDB transaction.
 
 Anomalies are published (and acknowledged by JetStream) before the commit. A crash in
-between replays the batch; detection is deterministic, so the replay makes the same anomaly
-ids and DL_ANOMALIES drops the copies; it republishes to subscribers only what it stored.
+between replays the batches since the last commit; detection is deterministic, so the replay
+makes the same anomaly ids and DL_ANOMALIES drops the copies; it republishes to subscribers
+only what it stored.
 
 A batch's actors apply their points on the node's detection threads (`detection.py`).
 
-Commits are pipelined: the worker hands a batch's states to the store's writer thread and
+Commits gather batches: the worker commits what it applied once it has caught up with the
+stream and no message came for `IDLE_S`, or once `commit_interval_s` has passed since the
+first uncommitted batch, or when a piece's worth of streams is waiting, or as it stops. A
+stream that appears in several batches meanwhile is written once: a state is ~26 kB whatever
+a batch added to it, and a commit per batch wrote 0.27 states per event while a node drained
+single-point messages over 1,000 streams, against 0.06 gathered (node CPU ~10% lower). Until
+their commit the actors stay in memory (`_unsettled`); a crash replays what was not
+committed.
+
+Commits are pipelined: the worker hands a commit's states to the store's writer thread and
 goes on with the next batch while the fsync runs. Waiting for it instead put a whole fsync in
 front of every batch: under load, when the file system's journal makes an fsync cost
 hundreds of milliseconds, that was most of an anomaly's latency. What the worker may have in
@@ -22,7 +32,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -55,6 +65,11 @@ Slice = tuple[DecodedPoints, int]
 MAX_BYTES_IN_FLIGHT = 8 << 20
 """Encoded states a worker may have handed to the store and not yet seen committed: small
 batches (a paced load) never wait for an fsync, a backlog's big ones overlap about one."""
+IDLE_S = 0.05
+"""A pull that brings nothing for this long, when the stream held nothing more at the last
+delivery, commits what was applied: a partition that goes quiet is durable soon, while
+batches that keep coming (a backlog, or a paced load of a message every few milliseconds per
+partition) gather up to the commit interval."""
 ACK_TIMEOUT_S = 10.0
 """How long a batch's anomalies may wait for their acks (and for free pending-ack slots)."""
 
@@ -75,6 +90,22 @@ class WorkerConfig:
     inline_budget_us: float = 0.0
     """A piece whose scoring is estimated at no more than this is scored on the event loop,
     keeping the GIL, not on a detection thread (see INLINE_BUDGET_US); 0: never."""
+    commit_interval_s: float = 0.0
+    """How long applied changes may gather before they are committed; 0: every piece."""
+
+
+@dataclass(slots=True)
+class _Uncommitted:
+    """What the worker applied since its last commit, to commit and count together."""
+
+    since: float
+    """When the first of it was applied (monotonic)."""
+    actors: dict[StreamKey, StreamActor]
+    last_seq: int = 0
+    messages: int = 0
+    points: int = 0
+    anomalies: list[Anomaly] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -83,14 +114,8 @@ class _InFlight:
 
     done: "asyncio.Future[None]"
     number: int
-    keys: list[StreamKey]
-    last_seq: int
     size: int
-    messages: int
-    points: int
-    anomalies: list[Anomaly]
-    rejects: list[Reject]
-    seconds: float
+    applied: _Uncommitted
 
 
 class PartitionWorker:
@@ -127,8 +152,10 @@ class PartitionWorker:
         self._in_flight: deque[_InFlight] = deque()
         self._bytes_in_flight = 0
         self._commits = 0
+        self._uncommitted: _Uncommitted | None = None
         self._unsettled: dict[StreamKey, tuple[StreamActor, int]] = {}
-        """Actors of unfinished commits, with the number of the last commit holding them."""
+        """Actors of uncommitted and unfinished commits, with the number of the last commit
+        holding them."""
         self._failed: BaseException | None = None
 
     def statistics(self) -> WorkerStatistics:
@@ -162,14 +189,17 @@ class PartitionWorker:
         await self._feed.start(self.last_applied_seq + 1)
         try:
             while not self._stopping.is_set():
-                batch = await self._feed.next_batch(self._config.pull_batch)
+                batch = await self._feed.next_batch(self._config.pull_batch, self._wait_s())
                 for piece in _pieces(batch, self._config.max_batch_streams):
                     await self._process(piece)
                     if self._stopping.is_set():
                         break  # the rest is not applied: the next run pulls it again
+                    await self._commit_if_due(idle=False)
+                await self._commit_if_due(idle=not batch and self._feed.pending == 0)
                 # Any worker's actors may leave, even mid-batch: residency.py says why
                 # that is safe.
                 self._actors.passivate_idle()
+            await self._commit()  # a handoff's snapshot must contain what was applied
         finally:
             # Submitted while the partition was ours: a handoff's snapshot must contain them.
             await asyncio.gather(
@@ -185,6 +215,8 @@ class PartitionWorker:
         slices, rejects, last_seq = self._decode(batch)
         if last_seq == self._applied_seq:
             return
+        if self._would_hold_too_many(slices):
+            await self._commit()
         touched = {key: self._actor(*key) for key in slices}
         work = list(zip(touched.values(), slices.values(), strict=True))
         score = partial(_apply, self._detector, work)
@@ -196,27 +228,61 @@ class PartitionWorker:
         await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
         self._check_ownership()
-        # Only the actors of this batch changed: the commit costs what the batch touched,
-        # however many actors are active.
-        records = {
-            actor_key(self.partition, a.tenant, a.metric): a.encoded() for a in touched.values()
-        }
         self._applied_seq = last_seq
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        applied = self._uncommitted or _Uncommitted(since=time.monotonic(), actors={})
+        self._uncommitted = applied
+        applied.actors.update(touched)
+        applied.last_seq = last_seq
+        applied.messages += len(batch)
+        applied.points += points
+        applied.anomalies += anomalies
+        applied.rejects += rejects
+        for key, actor in touched.items():
+            self._unsettled[key] = (actor, self._commits + 1)
+
+    def _would_hold_too_many(self, slices: dict[StreamKey, list[Slice]]) -> bool:
+        """Whether applying these streams would keep more than a piece's worth of actors
+        waiting for a commit (they stay in memory until it lands)."""
+        waiting = self._uncommitted.actors if self._uncommitted else {}
+        new = sum(1 for key in slices if key not in waiting)
+        return bool(waiting) and len(waiting) + new > self._config.max_batch_streams
+
+    def _wait_s(self) -> float:
+        """How long the next pull may wait for messages before a commit is due."""
+        if self._uncommitted is None:
+            return 1.0
+        due = self._uncommitted.since + self._config.commit_interval_s
+        return max(0.0, min(IDLE_S, due - time.monotonic()))
+
+    async def _commit_if_due(self, *, idle: bool) -> None:
+        """Commit when no message came for a while, or when changes waited long enough."""
+        if self._uncommitted is None:
+            return
+        due = self._uncommitted.since + self._config.commit_interval_s
+        if idle or time.monotonic() >= due:
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Hand what was applied since the last commit to the store, with the new
+        `last_applied_seq`; wait only while too many bytes are in flight."""
+        applied, self._uncommitted = self._uncommitted, None
+        if applied is None:
+            return
+        self._check_ownership()
+        # Only the actors applied since the last commit changed: the commit costs what they
+        # are, however many actors are active.
+        records = {
+            actor_key(self.partition, a.tenant, a.metric): a.encoded()
+            for a in applied.actors.values()
+        }
         self._commits += 1
         pending = _InFlight(
-            done=self._store.submit(self.partition, records, last_seq),
+            done=self._store.submit(self.partition, records, applied.last_seq),
             number=self._commits,
-            keys=list(touched),
-            last_seq=last_seq,
             size=sum(map(len, records.values())),
-            messages=len(batch),
-            points=points,
-            anomalies=anomalies,
-            rejects=rejects,
-            seconds=time.perf_counter() - started,
+            applied=applied,
         )
-        for key, actor in touched.items():
-            self._unsettled[key] = (actor, pending.number)
         self._in_flight.append(pending)
         self._bytes_in_flight += pending.size
         pending.done.add_done_callback(lambda _: self._settle())
@@ -236,7 +302,7 @@ class PartitionWorker:
         while self._in_flight and self._in_flight[0].done.done():
             pending = self._in_flight.popleft()
             self._bytes_in_flight -= pending.size
-            for key in pending.keys:
+            for key in pending.applied.actors:
                 held = self._unsettled.get(key)
                 if held is not None and held[1] == pending.number:
                     del self._unsettled[key]
@@ -247,7 +313,7 @@ class PartitionWorker:
                 # The worker stops at its next step and restarts from what is committed.
                 self._failed = self._failed or failure
                 continue
-            self.last_applied_seq = pending.last_seq
+            self.last_applied_seq = pending.applied.last_seq
             self._count(pending)
 
     def _check_ownership(self) -> None:
@@ -379,13 +445,14 @@ class PartitionWorker:
             await self._nc.publish(self._subjects.rejected(r.tenant), json_encoder.encode(r))
 
     def _count(self, done: _InFlight) -> None:
-        m = self._metrics
-        m.messages.inc(done.messages)
-        m.events_applied.inc(done.points)
-        m.batch_seconds.observe(done.seconds)
-        for a in done.anomalies:
+        m, applied = self._metrics, done.applied
+        m.messages.inc(applied.messages)
+        m.events_applied.inc(applied.points)
+        m.states_written.inc(len(applied.actors))
+        m.state_bytes_written.inc(done.size)
+        for a in applied.anomalies:
             m.anomalies.labels(a.kind.value).inc()
-        for r in done.rejects:
+        for r in applied.rejects:
             m.rejects.labels(r.reason.value).inc()
 
 
