@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from driftlock.actors.partition import (
 )
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
+from driftlock.detect.state import FloatArray
 from driftlock.settings import Settings
 from driftlock.wire.payload import decode_points
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
@@ -286,34 +288,13 @@ async def test_a_backlog_of_small_streams_is_scored_a_piece_a_call_as_each_alone
         return detect_many(self, states, *args)
 
     monkeypatch.setattr(Detector, "detect_many", counted)
-    first = Node(node_settings)  # creates DL_EVENTS, so the backlog can wait in it
-    await first.start()
-    await first.shutdown()
-    partition = _p("m0")
-    streams = [m for m in (f"m{i}" for i in range(300)) if _p(m) == partition][:12]
-    assert len(streams) == 12
-    rng = np.random.default_rng(5)
-    series = {m: rng.normal(50.0, 2.0, 15) for m in streams}
-    for i in range(15):
-        for m in streams:
-            await nc.publish(f"dl.in.acme.{m}", json.dumps([T0 + 60.0 * i, series[m][i]]).encode())
-    await nc.flush()
-    detector = Detector(node_settings.detector)
+    backlog = await Backlog.publish(node_settings, nc, seed=5)
     node = Node(node_settings)
     await node.start()
     try:
-
-        def applied() -> bool:
-            records = [node.store.read_actor(partition, "acme", m) for m in streams]
-            return all(r is not None and r.points == 15 for r in records)
-
-        await eventually(applied)
+        await eventually(lambda: backlog.applied(node))
         assert any(n >= MANY_FROM for n in calls)
-        for m in streams:
-            reference = StreamActor("acme", m, None)
-            ts = T0 + 60.0 * np.arange(15, dtype=np.float64)
-            reference.apply(detector, ts, series[m], np.zeros(15, np.int64), np.arange(15))
-            assert node.store.read_actor(partition, "acme", m) == reference.record
+        backlog.check_scored_as_each_alone(node)
     finally:
         await node.shutdown()
 
@@ -335,42 +316,64 @@ async def test_a_backlog_commits_each_stream_once_for_many_batches(
     settings = node_settings.model_copy(
         update={"pull_batch": 12, "commit_interval_s": interval_s, "max_active_actors": max_active}
     )
-    first = Node(settings)  # creates DL_EVENTS, so the backlog can wait in it
-    await first.start()
-    await first.shutdown()
-    partition = _p("m0")
-    streams = [m for m in (f"m{i}" for i in range(300)) if _p(m) == partition][:12]
-    rng = np.random.default_rng(7)
-    series = {m: rng.normal(50.0, 2.0, 15) for m in streams}
-    for i in range(15):
-        for m in streams:
-            await nc.publish(f"dl.in.acme.{m}", json.dumps([T0 + 60.0 * i, series[m][i]]).encode())
-    await nc.flush()
+    backlog = await Backlog.publish(settings, nc, seed=7)
     node = Node(settings)
     await node.start()
     try:
 
-        def applied() -> bool:
-            records = [node.store.read_actor(partition, "acme", m) for m in streams]
-            return all(r is not None and r.points == 15 for r in records)
-
         def written() -> float:
             return metric(scrape(node.metrics_port), "driftlock_state_records_written_total")
 
-        await eventually(lambda: applied() and written() >= len(streams))
+        await eventually(lambda: backlog.applied(node) and written() >= len(backlog.series))
         written_states = written()
         if gathered:
-            assert written_states <= len(streams) * 15 / 3
+            assert written_states <= len(backlog.series) * POINTS / 3
         else:  # a commit per batch or piece: a stream is in most of them
-            assert written_states >= len(streams) * 15 / 2
-        detector = Detector(settings.detector)
-        for m in streams:
-            reference = StreamActor("acme", m, None)
-            ts = T0 + 60.0 * np.arange(15, dtype=np.float64)
-            reference.apply(detector, ts, series[m], np.zeros(15, np.int64), np.arange(15))
-            assert node.store.read_actor(partition, "acme", m) == reference.record
+            assert written_states >= len(backlog.series) * POINTS / 2
+        backlog.check_scored_as_each_alone(node)
     finally:
         await node.shutdown()
+
+
+POINTS = 15
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Single-point messages over a dozen streams of one partition, published while no node
+    runs: POINTS a stream, the streams interleaved."""
+
+    settings: Settings
+    partition: int
+    series: dict[str, FloatArray]
+
+    @classmethod
+    async def publish(cls, settings: Settings, nc: Client, *, seed: int) -> "Backlog":
+        first = Node(settings)  # creates DL_EVENTS, so the backlog can wait in it
+        await first.start()
+        await first.shutdown()
+        partition = _p("m0")
+        streams = [m for m in (f"m{i}" for i in range(300)) if _p(m) == partition][:12]
+        assert len(streams) == 12
+        rng = np.random.default_rng(seed)
+        series = {m: rng.normal(50.0, 2.0, POINTS) for m in streams}
+        for i in range(POINTS):
+            for m, values in series.items():
+                await nc.publish(f"dl.in.acme.{m}", json.dumps([T0 + 60.0 * i, values[i]]).encode())
+        await nc.flush()
+        return cls(settings, partition, series)
+
+    def applied(self, node: Node) -> bool:
+        records = [node.store.read_actor(self.partition, "acme", m) for m in self.series]
+        return all(r is not None and r.points == POINTS for r in records)
+
+    def check_scored_as_each_alone(self, node: Node) -> None:
+        detector = Detector(self.settings.detector)
+        ts = T0 + 60.0 * np.arange(POINTS, dtype=np.float64)
+        for m, values in self.series.items():
+            reference = StreamActor("acme", m, None)
+            reference.apply(detector, ts, values, np.zeros(POINTS, np.int64), np.arange(POINTS))
+            assert node.store.read_actor(self.partition, "acme", m) == reference.record
 
 
 def large_batch(first: float, points: int = 2000) -> bytes:
