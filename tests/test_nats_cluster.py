@@ -16,6 +16,7 @@ from driftlock.bus.nats_cluster import ManagedNatsCluster
 from driftlock.bus.subjects import Subjects
 from driftlock.cluster.records import LeaseRecord, MemberRecord, lease_key, member_key
 from driftlock.cluster.status import cluster_status
+from driftlock.errors import NatsServerError
 from driftlock.gateway.kvcache import KvCache
 from tests.processes import NodeProcess
 from tests.test_cluster_e2e import (
@@ -161,3 +162,30 @@ async def test_a_kv_cache_starts_with_every_key_on_three_servers(tmp_path: Path)
         await nc.close()
     finally:
         cluster.stop()
+
+
+async def test_a_cluster_that_fails_to_start_leaves_no_server_running(tmp_path: Path) -> None:
+    """Given no time to come up, start fails: the servers it launched are stopped, since the
+    caller, holding no cluster, has nothing to stop (under pytest they outlived the test)."""
+    cluster = ManagedNatsCluster(base_dir=tmp_path / "nats", subjects=Subjects(), partitions=8)
+    with pytest.raises(NatsServerError, match="did not start within"):
+        await cluster.start(timeout=0.0)
+    assert _launched(tmp_path) == 3
+    assert _running_from(tmp_path) == []
+
+
+def _launched(directory: Path) -> int:
+    """Servers launched under `directory`: each opens its log as it starts."""
+    return len(list(directory.glob("nats/n*/nats-server.log")))
+
+
+def _running_from(directory: Path) -> list[int]:
+    """Processes whose command line names a file under `directory`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(directory).encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found

@@ -44,8 +44,12 @@ class ManagedNatsCluster:
     async def start(self, timeout: float = 30.0) -> str:
         if not self.servers:
             self.servers = self._plan()
-        await asyncio.gather(*(s.start(timeout) for s in self.servers))
-        await self._wait_for_jetstream(timeout)
+        try:
+            await asyncio.gather(*(s.start(timeout) for s in self.servers))
+            await self._wait_for_jetstream(timeout)
+        except BaseException:
+            self.stop()  # the servers that did start: the caller has no cluster to stop
+            raise
         return self.url
 
     def _plan(self) -> list[ManagedNatsServer]:

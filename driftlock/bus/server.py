@@ -114,10 +114,14 @@ class ManagedNatsServer:
                 start_new_session=True,  # Ctrl-C reaches DriftLock, which stops it in order
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (one async-signal-safe prctl call)
             )
-        self.url = await self._wait_for_ports_file(ports_dir, binary, timeout)
-        # A restart keeps the port, so clients reconnect to the same URL.
-        self.port = int(self.url.rsplit(":", 1)[1])
-        await self._wait_until_accepting(timeout)
+        try:
+            self.url = await self._wait_for_ports_file(ports_dir, binary, timeout)
+            # A restart keeps the port, so clients reconnect to the same URL.
+            self.port = int(self.url.rsplit(":", 1)[1])
+            await self._wait_until_accepting(timeout)
+        except BaseException:
+            self.stop()  # a caller that sees start fail has no server to stop
+            raise
         return self.url
 
     async def _wait_for_ports_file(self, ports_dir: Path, binary: str, timeout: float) -> str:
