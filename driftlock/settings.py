@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftlock.detect import DetectorConfig
@@ -116,7 +116,12 @@ class Settings(BaseSettings):
     anomalies_max_age_s: float = Field(
         30 * 86400, gt=0, description="how long DL_ANOMALIES keeps anomalies"
     )
-    duplicate_window_s: float = Field(3600, gt=0, description="DL_ANOMALIES de-duplication window")
+    duplicate_window_s: float = Field(
+        3600,
+        gt=0,
+        description="DL_ANOMALIES de-duplication window; longer than --snapshot-interval-s "
+        "and --commit-interval-s, so that replays republish no anomaly twice",
+    )
     detector_window: int = Field(
         256, ge=8, le=100_000, description="points in the rolling baselines"
     )
@@ -165,6 +170,23 @@ class Settings(BaseSettings):
     def _nats_scheme(cls, value: str) -> str:
         if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError("must start with nats://, tls://, ws:// or wss://")
+        return value
+
+    @field_validator("duplicate_window_s")
+    @classmethod
+    def _covers_replays(cls, value: float, info: ValidationInfo) -> float:
+        """A worker that crashes replays from its last commit, a partition that fails over from
+        its last snapshot: the anomalies republished then are dropped only within this window."""
+        replays = {
+            "--commit-interval-s": info.data.get("commit_interval_s"),
+            "--snapshot-interval-s": info.data.get("snapshot_interval_s"),
+        }
+        for flag, interval in replays.items():
+            if interval is not None and value <= interval:
+                raise ValueError(
+                    f"must be longer than {flag} ({interval:g} s): a replay republishes the "
+                    "anomalies since then, and only this window drops the copies"
+                )
         return value
 
     @property

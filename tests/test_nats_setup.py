@@ -16,7 +16,7 @@ from nats.js.api import StreamConfig
 
 from driftlock.actors.node import Node
 from driftlock.bus.server import ManagedNatsServer, find_nats_server, version_warning
-from driftlock.errors import NatsServerError, NatsSetupError
+from driftlock.errors import ConfigError, NatsServerError, NatsSetupError
 from driftlock.settings import Settings, load_settings
 from tests.conftest import TEST_PARTITIONS
 
@@ -158,6 +158,19 @@ def test_bad_settings_name_the_flag_and_the_variable(tmp_path: Path) -> None:
     assert "--partitions / DRIFTLOCK_PARTITIONS" in result.stderr
     assert "--nats-url / DRIFTLOCK_NATS_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_duplicate_window_shorter_than_a_replay_is_refused(tmp_path: Path) -> None:
+    """A replay (from the last commit after a crash, from the last snapshot after a failover)
+    republishes the anomalies since then: the duplicate window must outlast both."""
+    flag = "--duplicate-window-s / DRIFTLOCK_DUPLICATE_WINDOW_S: "
+    with pytest.raises(ConfigError, match=flag + r".*longer than --snapshot-interval-s \(30 s\)"):
+        load_settings(data_dir=tmp_path, duplicate_window_s=10)
+    with pytest.raises(ConfigError, match=flag + r".*longer than --commit-interval-s \(20 s\)"):
+        load_settings(
+            data_dir=tmp_path, duplicate_window_s=15, snapshot_interval_s=5, commit_interval_s=20
+        )
+    assert load_settings(data_dir=tmp_path, duplicate_window_s=31).duplicate_window_s == 31
 
 
 def test_the_nats_server_is_the_operators_choice_then_the_projects_copy_then_path(
