@@ -21,13 +21,14 @@ from driftlock.actors.partition import (
     INLINE_BUDGET_US,
     MANY_FROM,
     POINT_US,
+    Slice,
     _concatenate,
 )
 from driftlock.bus.partition import partition_of
 from driftlock.detect import Detector
 from driftlock.detect.state import FloatArray
 from driftlock.settings import Settings
-from driftlock.wire.payload import decode_points
+from driftlock.wire.payload import decode_points, single_point
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
 
 T0 = 1_732_550_400.0
@@ -397,3 +398,15 @@ def test_a_streams_messages_join_in_order_with_their_sequences_and_point_indexes
     assert values.tolist() == [1.0, 2.0, 3.0, 4.0, 1.0]
     assert seqs.tolist() == [7, 9, 9, 9, 12] and indexes.tolist() == [0, 0, 1, 2, 0]
     assert seqs.dtype == indexes.dtype == np.int64
+    # A single-point message comes as its floats (`single_point`), alone or among batches.
+    point = single_point(b"[1700000000, 1.0]", None, now=now)
+    assert point is not None and point == (1.7e9, 1.0)
+    assert single_point(b"[1700000000000, 1.0]", None, now=now) is None  # decode_points says why
+    mixed: list[Slice] = [(point, 7), (three, 9), (point, 12)]
+    singles: list[Slice] = [(point, 7), (point, 12)]
+    for parts in (mixed, singles):
+        got = _concatenate(parts)
+        as_batches: list[Slice] = [(one if p is point else p, seq) for p, seq in parts]
+        expected = _concatenate(as_batches)
+        for array, reference in zip(got, expected, strict=True):
+            assert array.tolist() == reference.tolist() and array.dtype == reference.dtype

@@ -54,12 +54,15 @@ from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_te
 from driftlock.state.store import StateStore, actor_key
 from driftlock.tracing import TRACEPARENT, tracer
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
-from driftlock.wire.payload import DecodedPoints, decode_points
+from driftlock.wire.payload import DecodedPoints, decode_points, single_point
 
 log = logging.getLogger("driftlock.partition")
 
 StreamKey = tuple[str, str]
-Slice = tuple[DecodedPoints, int]
+Point = tuple[float, float]
+Slice = tuple[DecodedPoints | Point, int]
+"""A message's points (a single-point message's as floats: see `single_point`) and its
+stream sequence."""
 
 
 MAX_BYTES_IN_FLIGHT = 8 << 20
@@ -340,9 +343,14 @@ class PartitionWorker:
             if problem is not None:
                 rejects.append(_reject(d, tenant, metric, problem[0], problem[1]))
                 continue
+            content_type = _content_type(d.headers)
+            point = single_point(d.data, content_type, now=d.stored_at)
+            if point is not None:
+                slices.setdefault((tenant, metric), []).append((point, d.seq))
+                continue
             decoded = decode_points(
                 d.data,
-                _content_type(d.headers),
+                content_type,
                 now=d.stored_at,
                 max_points=self._config.max_points_per_message,
             )
@@ -508,7 +516,7 @@ one point): the estimate errs on the side of the threads."""
 
 
 def _scoring_cost_us(work: list[tuple[StreamActor, list[Slice]]]) -> float:
-    points = sum(len(decoded.values) for _, parts in work for decoded, _ in parts)
+    points = sum(_size(part) for _, parts in work for part, _ in parts)
     return CALL_US * len(work) + POINT_US * points
 
 
@@ -577,14 +585,28 @@ def _content_type(headers: dict[str, str] | None) -> str | None:
     return found
 
 
+def _size(part: DecodedPoints | Point) -> int:
+    return 1 if isinstance(part, tuple) else len(part.values)
+
+
 def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        decoded, seq = parts[0]
-        seqs = np.full(len(decoded.values), seq, dtype=np.int64)
-        return decoded.ts, decoded.values, seqs, decoded.index.astype(np.int64)
-    # A stream's single-point messages come as many one-point parts: whole-list numpy calls
-    # only (a numpy call per part cost more than the detector's share of a point).
-    pieces = [p for p, _ in parts]
+    """A stream's points of a piece, in order: timestamps, values, the sequence of the
+    message each came in and its index there."""
+    points = [p for p, _ in parts if isinstance(p, tuple)]
+    if len(points) == len(parts):  # single-point messages only: each array made once
+        return (
+            np.array([ts for ts, _ in points]),
+            np.array([value for _, value in points]),
+            np.array([seq for _, seq in parts], dtype=np.int64),
+            np.zeros(len(parts), dtype=np.int64),
+        )
+    first = parts[0][0]
+    if len(parts) == 1 and isinstance(first, DecodedPoints):
+        seqs = np.full(len(first.values), parts[0][1], dtype=np.int64)
+        return first.ts, first.values, seqs, first.index.astype(np.int64)
+    # Whole-list numpy calls only (a numpy call per part cost more than the detector's share
+    # of a point).
+    pieces = [p if isinstance(p, DecodedPoints) else _one(p) for p, _ in parts]
     ts = np.concatenate([p.ts for p in pieces])
     values = np.concatenate([p.values for p in pieces])
     seqs = np.repeat(
@@ -592,3 +614,8 @@ def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
     indexes = np.concatenate([p.index for p in pieces]).astype(np.int64)
     return ts, values, seqs, indexes
+
+
+def _one(point: Point) -> DecodedPoints:
+    """A single point among a stream's batches (a producer that sends both)."""
+    return DecodedPoints(np.array([point[0]]), np.array([point[1]]), np.zeros(1, np.int32), [])

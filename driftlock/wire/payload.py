@@ -174,13 +174,39 @@ def _looks_like_one_pair(data: bytes, content_type: str) -> bool:
     return data[:1] == b"\x92" and data[1:2] != b"" and data[1] not in _MSGPACK_ARRAY
 
 
-def _one_pair(data: bytes, content_type: str, now: float) -> DecodedPoints | None:
-    """The single-point message `[ts, value]` with numeric ts, without a batch's machinery
-    (most producers send one point per message); None when it is not quite that."""
+def single_point(
+    data: bytes, content_type: str | None, *, now: float
+) -> tuple[float, float] | None:
+    """The point of a single-point message `[ts, value]` (numeric ts, in range), as floats;
+    None for any other message, which `decode_points` decodes or rejects with its reason.
+
+    Most producers send one point per message, and the three one-element arrays of its
+    `DecodedPoints` cost a node more than the decode (~3.5 µs of ~5.5): a partition worker
+    gathers a stream's single points as floats and makes its arrays once."""
+    canonical = normalise_content_type(content_type)
+    if canonical is None or not _looks_like_one_pair(data, canonical):
+        return None
+    pair = _pair(data, canonical)
+    if pair is None or not _in_range(pair[0], pair[1], now):
+        return None
+    return pair
+
+
+def _pair(data: bytes, content_type: str) -> tuple[float, float] | None:
     try:
         ts, value = (_json_pair if content_type == JSON else _msgpack_pair).decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    return ts, value
+
+
+def _one_pair(data: bytes, content_type: str, now: float) -> DecodedPoints | None:
+    """The single-point message `[ts, value]` with numeric ts, without a batch's machinery;
+    None when it is not quite that."""
+    pair = _pair(data, content_type)
+    if pair is None:
+        return None
+    ts, value = pair
     if not _in_range(ts, value, now):
         return DecodedPoints(_EMPTY_F, _EMPTY_F, _EMPTY_I, [_range_error(0, ts, value, now)])
     return DecodedPoints(np.array([ts]), np.array([value]), np.zeros(1, np.int32), [])
