@@ -54,7 +54,7 @@ from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_te
 from driftlock.state.store import StateStore, actor_key
 from driftlock.tracing import TRACEPARENT, tracer
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
-from driftlock.wire.payload import DecodedPoints, decode_points, single_point
+from driftlock.wire.payload import DecodedPoints, decode_points, one_point, single_point
 
 log = logging.getLogger("driftlock.partition")
 
@@ -251,19 +251,23 @@ class PartitionWorker:
         new = sum(1 for key in slices if key not in waiting)
         return bool(waiting) and len(waiting) + new > self._config.max_batch_streams
 
+    def _until_due_s(self) -> float | None:
+        """Seconds until what was applied must be committed (negative: overdue); None:
+        nothing waits."""
+        if self._uncommitted is None:
+            return None
+        due = self._uncommitted.since + self._config.commit_interval_s
+        return due - time.monotonic()
+
     def _wait_s(self) -> float:
         """How long the next pull may wait for messages before a commit is due."""
-        if self._uncommitted is None:
-            return 1.0
-        due = self._uncommitted.since + self._config.commit_interval_s
-        return max(0.0, min(IDLE_S, due - time.monotonic()))
+        until_due = self._until_due_s()
+        return 1.0 if until_due is None else max(0.0, min(IDLE_S, until_due))
 
     async def _commit_if_due(self, *, idle: bool) -> None:
         """Commit when no message came for a while, or when changes waited long enough."""
-        if self._uncommitted is None:
-            return
-        due = self._uncommitted.since + self._config.commit_interval_s
-        if idle or time.monotonic() >= due:
+        until_due = self._until_due_s()
+        if until_due is not None and (idle or until_due <= 0.0):
             await self._commit()
 
     async def _commit(self) -> None:
@@ -606,7 +610,7 @@ def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray
         return first.ts, first.values, seqs, first.index.astype(np.int64)
     # Whole-list numpy calls only (a numpy call per part cost more than the detector's share
     # of a point).
-    pieces = [p if isinstance(p, DecodedPoints) else _one(p) for p, _ in parts]
+    pieces = [p if isinstance(p, DecodedPoints) else one_point(*p) for p, _ in parts]
     ts = np.concatenate([p.ts for p in pieces])
     values = np.concatenate([p.values for p in pieces])
     seqs = np.repeat(
@@ -614,8 +618,3 @@ def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
     indexes = np.concatenate([p.index for p in pieces]).astype(np.int64)
     return ts, values, seqs, indexes
-
-
-def _one(point: Point) -> DecodedPoints:
-    """A single point among a stream's batches (a producer that sends both)."""
-    return DecodedPoints(np.array([point[0]]), np.array([point[1]]), np.zeros(1, np.int32), [])

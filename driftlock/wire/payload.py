@@ -209,6 +209,11 @@ def _one_pair(data: bytes, content_type: str, now: float) -> DecodedPoints | Non
     ts, value = pair
     if not _in_range(ts, value, now):
         return DecodedPoints(_EMPTY_F, _EMPTY_F, _EMPTY_I, [_range_error(0, ts, value, now)])
+    return one_point(ts, value)
+
+
+def one_point(ts: float, value: float) -> DecodedPoints:
+    """A single point that passed `single_point`'s checks, as a batch of one."""
     return DecodedPoints(np.array([ts]), np.array([value]), np.zeros(1, np.int32), [])
 
 
