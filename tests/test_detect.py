@@ -23,6 +23,7 @@ from driftlock.detect.ensemble import DRIFT, LEVEL, SEASONAL, _combine
 from driftlock.detect.robust import CUSUM_UNIT, SHORT
 from driftlock.detect.rules import FLAT_MIN
 from driftlock.detect.seasonal import SLOTS_PER_DAY
+from driftlock.state.records import decode_actor
 from driftlock.wire.messages import AnomalyKind
 
 FloatArray = npt.NDArray[np.float64]
@@ -503,7 +504,7 @@ def test_state_stays_bounded() -> None:
 def test_a_state_from_before_the_ensemble_still_decodes_and_runs() -> None:
     """Records written by the single robust-level detector held count, values, diffs and run."""
     old = {"count": 300, "values": noise(15, 128).tobytes(), "diffs": b"", "run": 0}
-    state = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=DetectorState)
+    state = decode_actor(msgspec.msgpack.encode({"version": 1, "detector": old})).detector
     assert state.count == 300 and len(state.values) == 128 * 8
     x = noise(15, 200)
     x[150] += 50.0
@@ -519,7 +520,7 @@ def test_a_state_without_surprise_times_still_runs() -> None:
     x[[600, 650]] += 20.0
     ts = minutes(len(x), 3600.0)
     first = run(x[:640], ts=ts[:640])
-    old = msgspec.structs.replace(first.state, surprise_ts=b"")
+    old = first.state.replaced(surprise_ts=b"")
     assert run(x[640:], ts=ts[640:], state=old).anomalies == []
     assert run(x[640:], ts=ts[640:], state=first.state).anomalies == [10]
 
@@ -529,10 +530,10 @@ def test_a_state_without_the_fast_surprises_still_runs() -> None:
     back every point, as they did then."""
     x, ts = eventful_series(18)
     first = run(x[:3000], ts=ts[:3000])
-    old = msgspec.structs.replace(first.state, surprise_fast=b"")
+    old = first.state.replaced(surprise_fast=b"")
     found = run(x[3000:], ts=ts[3000:], state=old)
     assert len(found.state.surprise_fast) == len(found.state.surprise)
-    stand_in = msgspec.structs.replace(first.state, surprise_fast=first.state.surprise)
+    stand_in = first.state.replaced(surprise_fast=first.state.surprise)
     assert_same(run(x[3000:], ts=ts[3000:], state=stand_in), found)
 
 
@@ -545,7 +546,7 @@ def test_a_state_without_pivots_carries_on_as_one_with_them() -> None:
     found = run(x[3000:], ts=ts[3000:], state=first.state)
     wrong = np.frombuffer(first.state.pivots) + 1.0
     for pivots in (b"", wrong.tobytes()):
-        old = msgspec.structs.replace(first.state, pivots=pivots)
+        old = first.state.replaced(pivots=pivots)
         assert_same(run(x[3000:], ts=ts[3000:], state=old), found)
         for sizes in ([1] * 300, [100] * 3):
             assert_same(
@@ -582,8 +583,7 @@ def test_a_state_with_whole_tables_runs_as_its_stored_rows() -> None:
             first.state.season_day, first.state.season_lo, first.state.season_hi, 4
         )
         week = _whole_table(first.state.week_day, first.state.week_lo, first.state.week_hi, 8)
-        old = msgspec.structs.replace(
-            first.state,
+        old = first.state.replaced(
             season_day=season[0],
             season_lo=season[1],
             season_hi=season[2],

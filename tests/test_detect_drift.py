@@ -26,8 +26,7 @@ def _scores(series: FloatArray, sizes: list[int]) -> tuple[FloatArray, DetectorS
         raw, fields = drift_scores(state, history, size)
         out.append(raw)
         # The ensemble keeps at least HISTORY values.
-        state = msgspec.structs.replace(
-            state,
+        state = state.replaced(
             count=state.count + size,
             values=history[-HISTORY:].tobytes(),
             **fields,
@@ -84,8 +83,7 @@ def test_a_state_from_before_the_level_drift_still_runs() -> None:
     ts: FloatArray = T0 + 300.0 * np.arange(1500, dtype=np.float64)
     detector = Detector()
     state, _ = detector.detect(DetectorState(), x[:1000], ts[:1000])
-    old = msgspec.structs.replace(
-        state,
+    old = state.replaced(
         hist=state.hist[: (len(DETECTORS) - 1) * BINS * 4],
         refs=state.refs[: (len(DETECTORS) - 1) * 8],
         drift_ring=b"",
@@ -128,7 +126,7 @@ def test_the_ring_order_is_kept_and_a_state_without_it_carries_on() -> None:
     np.testing.assert_array_equal(order, np.argsort(ring, kind="stable"))
     after, found = detector.detect(state, x[3000:], ts[3000:])
     for stored in (b"", order[::-1].tobytes()):
-        old = msgspec.structs.replace(state, drift_order=stored)
+        old = state.replaced(drift_order=stored)
         again, same = detector.detect(old, x[3000:], ts[3000:])
         assert again == after
         np.testing.assert_array_equal(same.score, found.score)

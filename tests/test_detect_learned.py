@@ -16,7 +16,7 @@ from driftlock.detect.learned import (
     learned_scores,
     trained_scores,
 )
-from driftlock.detect.state import floats
+from driftlock.detect.state import floats, new_state
 
 T0 = 1_400_025_600.0
 FloatArray = npt.NDArray[np.float64]
@@ -32,7 +32,7 @@ def _scores(series: FloatArray, sizes: list[int]) -> tuple[FloatArray, bytes]:
         raw, model = learned_scores(state, np.concatenate((history, part)), size, np.ones(size))
         out.append(raw)
         # The ensemble keeps the last values; here the whole past is history.
-        state = DetectorState(
+        state = new_state(
             count=state.count + size,
             values=np.concatenate((history, part))[-300:].tobytes(),
             centroids=model,
@@ -85,7 +85,7 @@ def test_compiled_retraining_is_learned_scores() -> None:
     _, model = _scores(x[:700], [700])
     assert model
     for count, size in ((700, 100), (1000, 24), (1000, 1), (1023, 1), (1100, 1300), (900, 5)):
-        state = DetectorState(count=count, centroids=model)
+        state = new_state(count=count, centroids=model)
         series = x[: count + size]
         scale = rng.uniform(0.5, 2.0, size)
         raw, stored = learned_scores(state, series, size, scale)

@@ -4,6 +4,7 @@ import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect import Detector, DetectorState
+from driftlock.detect.state import new_state
 from driftlock.detect.weekly import weekly_scores
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,7 +48,7 @@ def test_the_same_scores_however_batched() -> None:
     for a, b in [(0, 1), (1, 1000), (1000, 1001), (1001, len(x))]:
         part, fields = weekly_scores(state, ts[a:b], x[a:b], np.ones(b - a))
         parts.append(part)
-        state = DetectorState(**fields)  # type: ignore[arg-type]
+        state = new_state(**fields)
     assert np.concatenate(parts).tobytes() == whole.tobytes()
     assert whole_fields == {k: getattr(state, k) for k in whole_fields}
 

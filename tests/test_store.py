@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from driftlock.detect import Detector, DetectorState
+from driftlock.detect.state import TABLES, new_state
 from driftlock.state import ActorRecord, PartitionMeta, StateStore, records
 from driftlock.state.records import decode_actor, decode_meta, encode
 from driftlock.state.store import actor_key
@@ -243,16 +244,36 @@ async def test_store_reads_upgrade_old_records(
     ids=["compatible-shape", "incompatible-shape"],
 )
 def test_newer_version_is_refused(fields: dict[str, Any]) -> None:
-    data = msgspec.msgpack.encode({**fields, "version": records.ACTOR_VERSION + 1})
-    with pytest.raises(ValueError, match=r"record version 2 is newer than this DriftLock \(1\)"):
+    now = records.ACTOR_VERSION
+    data = msgspec.msgpack.encode({**fields, "version": now + 1})
+    newer = rf"record version {now + 1} is newer than this DriftLock \({now}\)"
+    with pytest.raises(ValueError, match=newer):
         decode_actor(data)
 
 
 def test_a_missing_upgrade_step_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    old = msgspec.msgpack.encode({"version": 1, "points": 3})
-    monkeypatch.setattr(records, "ACTOR_VERSION", 2)
-    with pytest.raises(ValueError, match="no upgrade from record version 1 to 2"):
+    now = records.ACTOR_VERSION
+    old = msgspec.msgpack.encode({"version": now, "points": 3})
+    monkeypatch.setattr(records, "ACTOR_VERSION", now + 1)
+    with pytest.raises(ValueError, match=f"no upgrade from record version {now} to {now + 1}"):
         records.decode_actor(old)
+
+
+def test_a_version_1_record_with_a_table_per_field_reads_as_the_same_state() -> None:
+    """Version 1 kept each of the detector's tables as a field of its own; version 2 keeps
+    them in one buffer. A record the last release wrote reads as the state it held."""
+    current = record(150)
+    detector = msgspec.to_builtins(current.detector, builtin_types=(bytes,))
+    tables = dict(zip(TABLES, current.detector.each_table(), strict=True))
+    del detector["tables"], detector["ends"]
+    v1 = {**msgspec.to_builtins(current, builtin_types=(bytes,)), "version": 1}
+    v1["detector"] = {**detector, **tables}
+    assert tables["values"] and tables["hist"] and tables["season_lo"] == b""  # no timestamps
+    got = decode_actor(msgspec.msgpack.encode(v1))
+    assert got == current
+    assert got.detector.hist == tables["hist"] and got.detector.values == tables["values"]
+    empty = decode_actor(msgspec.msgpack.encode({"version": 1, "points": 3}))
+    assert empty == ActorRecord(points=3)
 
 
 def _mapped_kib(path: Path) -> int:
@@ -270,7 +291,7 @@ async def test_pages_read_through_the_map_are_given_back(store_dir: Path) -> Non
     """An export reads every page of a partition; afterwards none stays resident."""
     store = StateStore(store_dir, sync=False)
     try:
-        big = encode(ActorRecord(detector=DetectorState(values=b"\x01" * 65536)))
+        big = encode(ActorRecord(detector=new_state(values=b"\x01" * 65536)))
         await store.commit(3, {actor_key(3, "t", f"m{i}"): big for i in range(64)}, 1)
         data = (store_dir / "data.mdb").resolve()
         for i in range(64):

@@ -47,7 +47,7 @@ from driftlock.detect.robust import SHORT, robust_rows
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.rules import BoolArray, both_checks, flatline
 from driftlock.detect.seasonal import season
-from driftlock.detect.state import DetectorState
+from driftlock.detect.state import END, NO_ENDS, TABLES, DetectorState
 from driftlock.detect.tuning import (
     DEFAULT_SENSITIVITY,
     DEFAULT_TUNING,
@@ -136,6 +136,7 @@ class Detector:
         # Scalars as the compiled call was compiled for (float(): a state or config built in
         # Python with an int there must not compile a second version of it mid-batch).
         times = np.asarray(ts, dtype=np.float64) if ts is not None else _nans(n)
+        t = dict(zip(TABLES, state.each_table(), strict=True))
         before = (
             values,
             times,
@@ -144,32 +145,32 @@ class Detector:
             cfg.warmup,
             cfg.window,
             cfg.season_days,
-            state.values,
+            t["values"],
             state.flat_run,
             state.flat_record,
             np.nan if state.last_ts is None else float(state.last_ts),
-            state.gaps,
+            t["gaps"],
             float(state.gap_record),
-            state.season_day,
-            state.season_lo,
-            state.season_hi,
-            state.envelope,
+            t["season_day"],
+            t["season_lo"],
+            t["season_hi"],
+            t["envelope"],
             state.season_today,
             state.season_reach,
             float(state.season_width),
-            state.week_day,
-            state.week_lo,
-            state.week_hi,
-            state.week_envelope,
+            t["week_day"],
+            t["week_lo"],
+            t["week_hi"],
+            t["week_envelope"],
             state.week_today,
-            state.diffs,
-            state.devs,
-            state.scales,
+            t["diffs"],
+            t["devs"],
+            t["scales"],
             state.cusum_up,
             state.cusum_down,
-            state.drift_ring,
-            state.drift_order,
-            state.pivots,
+            t["drift_ring"],
+            t["drift_order"],
+            t["pivots"],
         )
         after = (
             state.count,
@@ -178,9 +179,9 @@ class Detector:
             float(cal.quantile),
             cal.floors,
             cal.priors,
-            state.surprise,
-            state.surprise_fast,
-            state.surprise_ts,
+            t["surprise"],
+            t["surprise_fast"],
+            t["surprise_ts"],
             cfg.refractory,
             float(cfg.refractory_seconds),
             float(cfg.threshold),
@@ -189,9 +190,9 @@ class Detector:
         # Python it held the GIL for ~0.5 ms a stream, and streams that start together train
         # together).
         whole = _whole_holding_gil if threading.current_thread() is _MAIN else _whole
-        front, back, model, retrained = whole(before, state.centroids, after)
+        front, back, model, retrained = whole(before, t["centroids"], after)
         f, c = _Front._make(front), _Combined._make(back)
-        centroids = model.tobytes() if retrained else state.centroids
+        centroids = model.tobytes() if retrained else t["centroids"]
         score, lower, upper, anomalies = c.score, c.lower, c.upper, c.anomalies
         kinds, agreed = _named(
             anomalies,
@@ -224,8 +225,7 @@ class Detector:
                 week_hi=f.week_hi.tobytes(),
                 week_envelope=f.week_envelope.tobytes(),
             )
-        new_state = msgspec.structs.replace(
-            state,
+        new_state = state.replaced(
             count=state.count + n,
             values=f.kept.tobytes(),
             flat_run=f.flat_run,
@@ -288,13 +288,20 @@ class Detector:
     def _joined(
         self, states: Sequence[DetectorState], lengths: list[int], sensitivities: Sequence[float]
     ) -> tuple[Any, ...]:
-        """`_many`'s arguments after the points: where each stream's points end, each byte
-        field of all the states joined (`_JOINED`, then the completed calibration) and where
-        each state's part ends, their integer and float fields, then the configuration."""
+        """`_many`'s arguments after the points: where each stream's points end; the states'
+        tables joined and where each stream's start and each of its tables ends ([stream,
+        1 + table]); their calibration as `Calibrator.stored` completes it, joined, and where
+        each stream's ends; their integer and float fields; then the configuration."""
         cfg, cal = self.config, self._calibrator
+        joined = b"".join([s.tables for s in states])
+        sizes = np.fromiter(map(len, [s.tables for s in states]), np.int64, len(states))
+        ends = b"".join([s.ends or NO_ENDS for s in states])
+        offsets = np.empty((len(states), 1 + len(TABLES)), dtype=np.int64)
+        offsets[:, 0] = np.cumsum(sizes) - sizes
+        offsets[:, 1:] = np.frombuffer(ends, dtype=END).reshape(len(states), len(TABLES))
+        offsets[:, 1:] += offsets[:, :1]
         completed = [cal.stored(state) for state in states]
-        columns = [list(map(attrgetter(name), states)) for name in _JOINED]
-        columns += [[h for h, _ in completed], [r for _, r in completed]]
+        columns = [[h for h, _ in completed], [r for _, r in completed]]
         floats = [
             [np.nan if s.last_ts is None else s.last_ts for s in states],
             [s.gap_record for s in states],
@@ -303,6 +310,8 @@ class Detector:
         ]
         return (
             np.cumsum(lengths, dtype=np.int64),
+            np.frombuffer(joined, dtype=np.uint8),
+            offsets,
             tuple(np.frombuffer(b"".join(c), dtype=np.uint8) for c in columns),
             np.array([list(map(len, c)) for c in columns], dtype=np.int64).cumsum(axis=1),
             np.array([list(map(attrgetter(name), states)) for name in _INTS], dtype=np.int64),
@@ -715,16 +724,16 @@ def _split(
     times: FloatArray,
 ) -> list[tuple[DetectorState, Detections]]:
     """`_many`'s results, stream by stream: its new state and its detections."""
-    blob, bounds = m.packed.tobytes(), m.packed_ends.tolist()
+    packed, bounds = m.packed, m.packed_ends[:, -1].tolist()
+    starts = np.concatenate(([0], m.packed_ends[:-1, -1]))
+    all_ends = (m.packed_ends - starts[:, None]).astype(END).tobytes()
+    size = len(NO_ENDS)
     scalars, more = m.ints.T.tolist(), m.floats.T.tolist()
     found_ends = m.anomaly_ends.tolist()
     results: list[tuple[DetectorState, Detections]] = []
     start = found = byte = 0
     for k, state in enumerate(states):
         end = start + lengths[k]
-        ends = bounds[k]
-        parts = map(blob.__getitem__, map(slice, [byte, *ends[:-1]], ends))
-        byte = ends[-1]
         flat_run, flat_record, today, reach, week_today, up, down = scalars[k]
         gap_record, width = more[k]
         new_state = msgspec.structs.replace(
@@ -740,8 +749,10 @@ def _split(
             week_today=week_today,
             cusum_up=up,
             cusum_down=down,
-            **dict(zip(STORED, parts, strict=True)),
+            tables=packed[byte : bounds[k]].tobytes(),
+            ends=all_ends[k * size : (k + 1) * size],
         )
+        byte = bounds[k]
         anomalies = m.anomalies[found : found_ends[k]]
         found = found_ends[k]
         lower, upper = m.lower[start:end], m.upper[start:end]
@@ -818,8 +829,9 @@ _JOINED = (
     "surprise_fast",
     "surprise_ts",
 )
-"""The state's byte fields `_many` reads, in the order it reads them; then the histogram and
-references (as `Calibrator.stored` completes them)."""
+"""The state's tables `_many` reads, in the order it reads them (the histogram and references
+come apart, as `Calibrator.stored` completes them)."""
+_READ = np.array([TABLES.index(name) for name in _JOINED], dtype=np.int64)
 _INTS = (
     "count",
     "flat_run",
@@ -830,31 +842,6 @@ _INTS = (
     "cusum_up",
     "cusum_down",
 )
-STORED = (
-    "values",
-    "diffs",
-    "devs",
-    "scales",
-    "drift_ring",
-    "drift_order",
-    "pivots",
-    "hist",
-    "refs",
-    "surprise",
-    "surprise_fast",
-    "surprise_ts",
-    "centroids",
-    "gaps",
-    "season_day",
-    "season_lo",
-    "season_hi",
-    "envelope",
-    "week_day",
-    "week_lo",
-    "week_hi",
-    "week_envelope",
-)
-"""The byte fields of the new states `_many` hands back, in order."""
 ROWS = robust.BUILT + 1
 
 
@@ -862,7 +849,7 @@ class _Many(NamedTuple):
     """What `_many` hands back: per point of all the batches, their scores, bands,
     surprises, robust rows, rules' flags and seasonal envelopes; the anomalies (indices
     into their own batch) and where each stream's end; the new states' byte fields packed
-    (each stream's, in `STORED` order, ending at its row of `packed_ends`) and their other
+    (each stream's, in `TABLES` order, ending at its row of `packed_ends`) and their other
     fields ([field, stream])."""
 
     score: FloatArray
@@ -887,8 +874,10 @@ def _many(
     values: FloatArray,
     ts: FloatArray,
     point_ends: npt.NDArray[np.int64],
-    fields: tuple[npt.NDArray[np.uint8], ...],
-    field_ends: npt.NDArray[np.int64],
+    tables: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
+    completed_ends: npt.NDArray[np.int64],
     ints: npt.NDArray[np.int64],
     floats: FloatArray,
     config: tuple[int, int, int],
@@ -906,11 +895,11 @@ def _many(
     envelope_lo, envelope_hi = np.empty(total), np.empty(total)
     anomalies = np.empty(total, dtype=np.intp)
     anomaly_ends = np.empty(streams, dtype=np.int64)
-    capacity = 1024
-    for joined in fields:
+    capacity = 1024 + 2 * len(tables)
+    for joined in completed:
         capacity += 2 * len(joined)
     packed = np.empty(capacity, dtype=np.uint8)
-    packed_ends = np.empty((streams, len(STORED)), dtype=np.int64)
+    packed_ends = np.empty((streams, len(TABLES)), dtype=np.int64)
     out_ints = np.empty((7, streams), dtype=np.int64)
     out_floats = np.empty((2, streams))
     start = found = used = 0
@@ -924,49 +913,49 @@ def _many(
             warmup,
             window,
             days,
-            _stored(fields[0], field_ends[0], k),
+            _read(tables, offsets, k, 0),
             ints[1, k],
             ints[2, k],
             floats[0, k],
-            _stored(fields[1], field_ends[1], k),
+            _read(tables, offsets, k, 1),
             floats[1, k],
-            _stored(fields[2], field_ends[2], k),
-            _stored(fields[3], field_ends[3], k),
-            _stored(fields[4], field_ends[4], k),
-            _stored(fields[5], field_ends[5], k),
+            _read(tables, offsets, k, 2),
+            _read(tables, offsets, k, 3),
+            _read(tables, offsets, k, 4),
+            _read(tables, offsets, k, 5),
             ints[3, k],
             ints[4, k],
             floats[2, k],
-            _stored(fields[6], field_ends[6], k),
-            _stored(fields[7], field_ends[7], k),
-            _stored(fields[8], field_ends[8], k),
-            _stored(fields[9], field_ends[9], k),
+            _read(tables, offsets, k, 6),
+            _read(tables, offsets, k, 7),
+            _read(tables, offsets, k, 8),
+            _read(tables, offsets, k, 9),
             ints[5, k],
-            _stored(fields[10], field_ends[10], k),
-            _stored(fields[11], field_ends[11], k),
-            _stored(fields[12], field_ends[12], k),
+            _read(tables, offsets, k, 10),
+            _read(tables, offsets, k, 11),
+            _read(tables, offsets, k, 12),
             ints[6, k],
             ints[7, k],
-            _stored(fields[13], field_ends[13], k),
-            _stored(fields[14], field_ends[14], k),
-            _stored(fields[15], field_ends[15], k),
+            _read(tables, offsets, k, 13),
+            _read(tables, offsets, k, 14),
+            _read(tables, offsets, k, 15),
         )
         after = (
             ints[0, k],
-            _stored(fields[20], field_ends[20], k),
-            _stored(fields[21], field_ends[21], k),
+            _stored(completed[0], completed_ends[0], k),
+            _stored(completed[1], completed_ends[1], k),
             floats[3, k],
             quantile,
             floors,
             priors,
-            _stored(fields[17], field_ends[17], k),
-            _stored(fields[18], field_ends[18], k),
-            _stored(fields[19], field_ends[19], k),
+            _read(tables, offsets, k, 17),
+            _read(tables, offsets, k, 18),
+            _read(tables, offsets, k, 19),
             refractory,
             refractory_seconds,
             threshold,
         )
-        f, b, model, _ = _whole(before, _stored(fields[16], field_ends[16], k), after)
+        f, b, model, _ = _whole(before, _read(tables, offsets, k, 16), after)
         _put(score, start, b[3])
         _put(lower, start, b[4])
         _put(upper, start, b[5])
@@ -1044,15 +1033,36 @@ def _many_holding_gil(
     values: FloatArray,
     ts: FloatArray,
     point_ends: npt.NDArray[np.int64],
-    fields: tuple[npt.NDArray[np.uint8], ...],
-    field_ends: npt.NDArray[np.int64],
+    tables: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
+    completed_ends: npt.NDArray[np.int64],
     ints: npt.NDArray[np.int64],
     floats: FloatArray,
     config: tuple[int, int, int],
     calibration: tuple[Any, ...],
 ) -> tuple[Any, ...]:
     """`_many` for the main thread (see `_whole_holding_gil`)."""
-    return _many(values, ts, point_ends, fields, field_ends, ints, floats, config, calibration)
+    return _many(
+        values,
+        ts,
+        point_ends,
+        tables,
+        offsets,
+        completed,
+        completed_ends,
+        ints,
+        floats,
+        config,
+        calibration,
+    )
+
+
+@jit
+def _read(tables: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], k: int, i: int) -> Any:
+    """Stream k's `_JOINED[i]` table."""
+    table = _READ[i]
+    return tables[offsets[k, table] : offsets[k, table + 1]]
 
 
 @jit

@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from driftlock.detect.state import DetectorState
+from driftlock.detect.state import TABLES, DetectorState, packed
 
-ACTOR_VERSION = 1
+ACTOR_VERSION = 2
 META_VERSION = 1
 
 
@@ -31,7 +31,18 @@ class PartitionMeta(msgspec.Struct, kw_only=True):
 
 
 Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
-UPGRADES: dict[int, Upgrade] = {}
+
+
+def _tables_in_one_buffer(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept each of the detector's tables as a field of its own."""
+    detector = dict(raw.get("detector") or {})
+    tables = [detector.pop(name, b"") for name in TABLES]
+    if any(tables):
+        detector["tables"], detector["ends"] = packed(tables)
+    return {**raw, "detector": detector}
+
+
+UPGRADES: dict[int, Upgrade] = {1: _tables_in_one_buffer}
 """Maps version v to a function turning a v record (as builtins) into a v+1 record."""
 
 _encoder = msgspec.msgpack.Encoder()
