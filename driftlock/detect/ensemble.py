@@ -261,8 +261,8 @@ class Detector:
         A `detect` call on one point cost ~60 µs, ~14 of them scoring: the rest handed the
         state's 25 fields to the compiled code and back, one Python object each way (every
         array it returned was also a Python call of numba's), and on a detection thread it
-        gave the GIL up and waited to get it back, stream after stream. Here each field of
-        all the states goes in as one joined buffer, and the new states come back as one."""
+        gave the GIL up and waited to get it back, stream after stream. Here the tables of
+        all the states go in as one joined buffer, and the new states come back as one."""
         lengths = [len(v) for v, _ in batches]
         if not all(lengths):  # nothing to score for some: they keep their state
             some = [k for k, n in enumerate(lengths) if n]
