@@ -67,6 +67,10 @@ async def test_commit_then_read(store: StateStore) -> None:
     assert store.read_actor(3, "acme", "cpu") == newer
     assert store.read_actor(3, "acme", "mem:used") == mem  # untouched
     assert store.read_meta(3).last_applied_seq == 43
+    # Many at once, in the order asked, the missing ones as None.
+    asked = [("acme", "disk"), ("acme", "mem:used"), ("acme", "cpu"), ("other", "cpu")]
+    assert store.read_actors(3, asked) == [None, mem, newer, None]
+    assert store.read_actors(3, []) == []
 
 
 async def test_commit_without_actors_moves_the_sequence(store: StateStore) -> None:

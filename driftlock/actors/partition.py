@@ -220,7 +220,7 @@ class PartitionWorker:
             return
         if self._would_hold_too_many(slices):
             await self._commit()
-        touched = {key: self._actor(*key) for key in slices}
+        touched = self._actors_of(list(slices))
         work = list(zip(touched.values(), slices.values(), strict=True))
         score = partial(_apply, self._detector, work)
         if self._scores_inline(work):
@@ -384,18 +384,33 @@ class PartitionWorker:
             )
         return None
 
-    def _actor(self, tenant: str, metric: str) -> StreamActor:
+    def _actors_of(self, keys: list[StreamKey]) -> dict[StreamKey, StreamActor]:
+        """The streams' actors: from memory, else from LMDB (all of a piece's in one read;
+        each restored one counts the read's time shared out), else new."""
+        found = {key: self._in_memory(*key) for key in keys}
+        missing = [key for key, actor in found.items() if actor is None]
+        loaded = dict(zip(missing, self._loaded(missing), strict=True))
+        return {key: loaded[key] if actor is None else actor for key, actor in found.items()}
+
+    def _loaded(self, keys: list[StreamKey]) -> list[StreamActor]:
+        if not keys:
+            return []
+        started = time.perf_counter()
+        records = self._store.read_actors(self.partition, keys)
+        each_s = (time.perf_counter() - started) / len(keys)
+        actors = []
+        for (tenant, metric), record in zip(keys, records, strict=True):
+            actor = StreamActor(tenant, metric, record)
+            self._actors.add(self._owner, actor, restored_in=None if record is None else each_s)
+            actors.append(actor)
+        return actors
+
+    def _in_memory(self, tenant: str, metric: str) -> StreamActor | None:
         actor = self._actors.get(self._owner, tenant, metric)
         if actor is None and (tenant, metric) in self._unsettled:
             # It left memory before its last commit landed: LMDB is behind it.
             actor = self._unsettled[(tenant, metric)][0]
             self._actors.readmit(self._owner, actor)
-        if actor is None:
-            started = time.perf_counter()
-            record = self._store.read_actor(self.partition, tenant, metric)
-            actor = StreamActor(tenant, metric, record)
-            restored_in = time.perf_counter() - started if record is not None else None
-            self._actors.add(self._owner, actor, restored_in=restored_in)
         return actor
 
     async def _publish_anomalies(

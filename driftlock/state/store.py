@@ -26,7 +26,7 @@ import ctypes.util
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +93,22 @@ class StateStore:
         return decode_meta(data) if data is not None else PartitionMeta()
 
     def read_actor(self, partition: int, tenant: str, metric: str) -> ActorRecord | None:
+        return self.read_actors(partition, [(tenant, metric)])[0]
+
+    def read_actors(
+        self, partition: int, streams: Sequence[tuple[str, str]]
+    ) -> list[ActorRecord | None]:
+        """The records of these (tenant, metric) streams (None: not stored), in one call:
+        each `get` lets the GIL go, and a thread scoring meanwhile may keep it; a piece of
+        new streams read one by one cost ~80 µs a stream against such a thread, in one
+        `getmulti` (which keeps the GIL for keys it does not find) 0.15."""
+        keys = [actor_key(partition, t, m) for t, m in streams]
         with self._env.begin(db=self._actors) as txn:
-            data = txn.get(actor_key(partition, tenant, metric))
-        if data is None:
-            return None
-        self._read_bytes += len(data)
+            found = dict(txn.cursor().getmulti(keys))
+        self._read_bytes += sum(map(len, found.values()))
         if self._read_bytes >= RELEASE_AFTER_BYTES:
             self.release_mapped_pages()
-        return decode_actor(data)
+        return [None if (data := found.get(key)) is None else decode_actor(data) for key in keys]
 
     def iter_actors(
         self, partition: int, tenant: str | None = None
