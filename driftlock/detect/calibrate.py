@@ -47,15 +47,17 @@ class Calibrator:
         self.quantile = quantile
         self.floors, self.priors = floors, priors
         self.detectors = len(floors)
+        self.hist_bytes, self.refs_bytes = 4 * self.detectors * BINS, 8 * self.detectors
+        """The sizes of a whole histogram and its references."""
         self._fresh: tuple[bytes, bytes] | None = None
 
     def stored(self, state: DetectorState) -> tuple[bytes, bytes]:
         """The state's histogram and references as `stored_surprise` reads them: the stored
         bytes themselves in the usual case, every row stored; otherwise completed."""
-        size = self.detectors * BINS
-        if len(state.hist) == 4 * size and len(state.refs) == 8 * self.detectors:
-            return state.hist, state.refs
-        if not state.hist and not state.refs:
+        hist, refs = state.hist, state.refs
+        if len(hist) == self.hist_bytes and len(refs) == self.refs_bytes:
+            return hist, refs
+        if not hist and not refs:
             # A new stream's, the same for all: completing them anew took 7.7% of a node
             # process's time with the GIL while every message was a new stream.
             if self._fresh is None:

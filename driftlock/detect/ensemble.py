@@ -290,8 +290,9 @@ class Detector:
     ) -> tuple[Any, ...]:
         """`_many`'s arguments after the points: where each stream's points end; the states'
         tables joined and where each stream's start and each of its tables ends ([stream,
-        1 + table]); their calibration as `Calibrator.stored` completes it, joined, and where
-        each stream's ends; their integer and float fields; then the configuration."""
+        1 + table]); the histograms and references of the states whose own are not whole,
+        completed (`Calibrator.stored`), joined, and where each stream's ends (an empty one:
+        its own); their integer and float fields; then the configuration."""
         cfg, cal = self.config, self._calibrator
         joined = b"".join([s.tables for s in states])
         sizes = np.fromiter(map(len, [s.tables for s in states]), np.int64, len(states))
@@ -300,7 +301,11 @@ class Detector:
         offsets[:, 0] = np.cumsum(sizes) - sizes
         offsets[:, 1:] = np.frombuffer(ends, dtype=END).reshape(len(states), len(TABLES))
         offsets[:, 1:] += offsets[:, :1]
-        completed = [cal.stored(state) for state in states]
+        # The histogram and references `_many` reads: each state's own when whole, as they
+        # nearly always are; the rest completed here.
+        hist, refs = (offsets[:, at + 1] - offsets[:, at] for at in _CALIBRATION)
+        whole = ((hist == cal.hist_bytes) & (refs == cal.refs_bytes)).tolist()
+        completed = [(b"", b"") if w else cal.stored(s) for s, w in zip(states, whole, strict=True)]
         columns = [[h for h, _ in completed], [r for _, r in completed]]
         floats = [
             [np.nan if s.last_ts is None else s.last_ts for s in states],
@@ -942,8 +947,8 @@ def _many(
         )
         after = (
             ints[0, k],
-            _stored(completed[0], completed_ends[0], k),
-            _stored(completed[1], completed_ends[1], k),
+            _calibration(tables, offsets, completed, completed_ends, k, 0),
+            _calibration(tables, offsets, completed, completed_ends, k, 1),
             floats[3, k],
             quantile,
             floors,
@@ -1062,6 +1067,26 @@ def _many_holding_gil(
 def _read(tables: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], k: int, i: int) -> Any:
     """Stream k's `_JOINED[i]` table."""
     table = _READ[i]
+    return tables[offsets[k, table] : offsets[k, table + 1]]
+
+
+_CALIBRATION = (TABLES.index("hist"), TABLES.index("refs"))
+
+
+@jit
+def _calibration(
+    tables: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
+    completed_ends: npt.NDArray[np.int64],
+    k: int,
+    which: int,
+) -> Any:
+    """Stream k's histogram (which 0) or references (1): completed, else its own."""
+    mine = _stored(completed[which], completed_ends[which], k)
+    if len(mine):
+        return mine
+    table = _CALIBRATION[which]
     return tables[offsets[k, table] : offsets[k, table + 1]]
 
 
