@@ -6,9 +6,11 @@ import json
 from collections import Counter
 
 import msgspec
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from driftlock.actors import partition
 from driftlock.actors.node import Node
 from driftlock.bus.partition import partition_of
 from tests.conftest import TEST_PARTITIONS, eventually, scrape
@@ -121,3 +123,28 @@ async def test_publishing_straight_to_a_wrong_partition_is_rejected(node: Node, 
     assert "publish to dl.in.acme.disk" in str(rejects[0]["detail"])
     await asyncio.sleep(0.05)
     assert good_points(node, "disk") == 0
+
+
+@pytest.mark.parametrize("remembered", [1, partition.CHECKED_SUBJECTS])
+async def test_a_worker_judges_a_subject_the_same_every_time(
+    node: Node, nc: Client, monkeypatch: pytest.MonkeyPatch, remembered: int
+) -> None:
+    """A worker checks a stream's subject once and remembers the verdict, up to a bound (one
+    subject here: it forgets at each change): a misrouted subject is rejected each time, a
+    good one beside it in the same partition applied each time."""
+    monkeypatch.setattr(partition, "CHECKED_SUBJECTS", remembered)
+    rejects: list[dict[str, object]] = []
+
+    async def on_reject(msg: Msg) -> None:
+        rejects.append(json.loads(msg.data))
+
+    await nc.subscribe("dl.rejected.acme", cb=on_reject)
+    wrong = (partition_of("acme", "net", TEST_PARTITIONS) + 1) % TEST_PARTITIONS
+    metrics = (f"m{i}" for i in range(1000))
+    here = next(m for m in metrics if partition_of("acme", m, TEST_PARTITIONS) == wrong)
+    for i in range(3):
+        await nc.jetstream().publish(f"dl.p.{wrong}.acme.net", b"1")
+        await nc.publish(f"dl.in.acme.{here}", json.dumps([T0 + i, 1.0]).encode())
+    await eventually(lambda: len(rejects) == 3 and good_points(node, here) == 3)
+    assert {r["reason"] for r in rejects} == {"invalid_subject"}
+    assert good_points(node, "net") == 0

@@ -160,6 +160,9 @@ class PartitionWorker:
         """Actors of uncommitted and unfinished commits, with the number of the last commit
         holding them."""
         self._failed: BaseException | None = None
+        self._checked: dict[str, tuple[RejectReason, str] | None] = {}
+        """Subjects already checked, with what is wrong with them (None: nothing), so that a
+        stream's messages are checked once (up to `CHECKED_SUBJECTS`)."""
 
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(
@@ -365,6 +368,15 @@ class PartitionWorker:
         return slices, rejects, last_seq
 
     def _check_ids(self, subject: str, tokens: list[str]) -> tuple[RejectReason, str] | None:
+        if subject in self._checked:
+            return self._checked[subject]
+        problem = self._problem_of(subject, tokens)
+        if len(self._checked) >= CHECKED_SUBJECTS:
+            self._checked.clear()
+        self._checked[subject] = problem
+        return problem
+
+    def _problem_of(self, subject: str, tokens: list[str]) -> tuple[RejectReason, str] | None:
         if len(tokens) != 5:
             return (
                 RejectReason.INVALID_SUBJECT,
@@ -505,6 +517,12 @@ def _apply(
     ):
         anomalies += actor.absorb(tuning, ts, values, seqs, indexes, state, found)
     return anomalies, points
+
+
+CHECKED_SUBJECTS = 1024
+"""Subjects a worker remembers as checked: checking one (two patterns and the partition's
+hash, in Python) took ~4% of a node process's time draining single-point messages over
+1,000 streams; a worker of 64 holds ~16 of those. At most ~10 MB over 64 workers."""
 
 
 INLINE_BUDGET_US = 3000.0
