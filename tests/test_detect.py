@@ -577,13 +577,30 @@ def _whole_table(day: bytes, lo: bytes, hi: bytes, rows: int) -> tuple[bytes, by
     return full_day.tobytes(), full_lo.tobytes(), full_hi.tobytes()
 
 
+def test_a_young_stream_stores_no_envelope_and_carries_on_identically() -> None:
+    """Until the table holds an earlier day, today's envelope knows nothing: a state stores
+    none (it was a third of a new stream's), and one that stored it, as states from before
+    did, carries on identically."""
+    x, ts = eventful_series(19, 4000)  # from a midnight, five minutes apart: 288 a day
+    nothing = np.full(2 * SLOTS_PER_DAY, np.nan, dtype=np.float32).tobytes()
+    for cut in (1, 150, 287):
+        first = run(x[:cut], ts=ts[:cut])
+        assert first.state.envelope == b""
+        old = first.state.replaced(envelope=nothing)
+        assert_same(
+            run(x[cut:], ts=ts[cut:], state=old), run(x[cut:], ts=ts[cut:], state=first.state)
+        )
+    yesterday_known = run(x[:700], ts=ts[:700]).state
+    assert len(yesterday_known.envelope) == 8 * SLOTS_PER_DAY
+
+
 def test_a_state_with_whole_tables_runs_as_its_stored_rows() -> None:
     """States keep only the profile tables' rows that hold a day (a young stream's state is a
     third as large); a state from before, which stored every row, carries on identically."""
     x, ts = eventful_series(19, 4000)
     one = run(x[:1], ts=ts[:1]).state
     assert len(one.season_lo) == 4 * SLOTS_PER_DAY
-    assert len(msgspec.msgpack.encode(one)) < 8_000
+    assert len(msgspec.msgpack.encode(one)) < 6_000
     for cut in (1, 150, 700, 3000):
         first = run(x[:cut], ts=ts[:cut])
         season = _whole_table(

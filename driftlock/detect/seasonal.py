@@ -65,6 +65,11 @@ def season(
         ts, values, interval, day, lo, hi, envelope, today, reach, width, days
     )
     day, lo, hi = stored_rows(day, lo, hi)
+    if np.isnan(envelope).all():
+        # Nothing known for today yet (a young stream's first day): nothing to store, and
+        # the next call finds the same in a glance at the table (a third of a new stream's
+        # state was this envelope).
+        envelope = np.empty((2, 0), dtype=np.float32)
     return score, lower, upper, scale, day, lo, hi, envelope, today, reach, width
 
 
@@ -118,6 +123,12 @@ def _day_envelope(
     the previous `days` days (NaN where they hold nothing), and the envelopes' median width,
     the scale of the day's scores. Only earlier days are read."""
     rows = len(table_day)
+    earlier = 0
+    for k in range(days + 1):
+        other = day - days - 1 + k
+        earlier += other >= 0 and table_day[other % rows] == other  # (-1: an empty row)
+    if not earlier:
+        return np.full((2, SLOTS_PER_DAY), np.nan, dtype=np.float32), 0.0
     # The previous days end to end, so that neighbours reach across midnight; the day itself
     # (after the last) is not read.
     lo = np.full((days + 1) * SLOTS_PER_DAY + reach, np.inf, dtype=np.float32)

@@ -128,7 +128,8 @@ class DetectorState(msgspec.Struct, kw_only=True):
     """float32 [stored rows, slots]: lowest and highest value seen in each 5-minute slot of a
     day."""
     envelope = Table()
-    """float32 [2, slots]: today's seasonal envelope (lowest, highest) for every slot."""
+    """float32 [2, slots]: today's seasonal envelope (lowest, highest) for every slot (empty
+    while the table knows nothing for today)."""
     week_day = Table()
     """Day number held by each stored row of the weekly table (as `season_day`)."""
     week_lo = Table()
