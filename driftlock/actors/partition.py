@@ -51,6 +51,7 @@ from driftlock.bus.publish import publish_all
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
 from driftlock.detect import Detector
 from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
+from driftlock.state.records import ActorRecord
 from driftlock.state.store import StateStore, actor_key
 from driftlock.tracing import TRACEPARENT, tracer
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
@@ -223,7 +224,7 @@ class PartitionWorker:
             return
         if self._would_hold_too_many(slices):
             await self._commit()
-        touched = self._actors_of(list(slices))
+        touched = await self._actors_of(list(slices))
         work = list(zip(touched.values(), slices.values(), strict=True))
         score = partial(_apply, self._detector, work)
         if self._scores_inline(work):
@@ -396,20 +397,25 @@ class PartitionWorker:
             )
         return None
 
-    def _actors_of(self, keys: list[StreamKey]) -> dict[StreamKey, StreamActor]:
+    async def _actors_of(self, keys: list[StreamKey]) -> dict[StreamKey, StreamActor]:
         """The streams' actors: from memory, else from LMDB (all of a piece's in one read;
         each restored one counts the read's time shared out), else new."""
         found = {key: self._in_memory(*key) for key in keys}
         missing = [key for key, actor in found.items() if actor is None]
-        loaded = dict(zip(missing, self._loaded(missing), strict=True))
+        loaded = dict(zip(missing, await self._loaded(missing), strict=True))
         return {key: loaded[key] if actor is None else actor for key, actor in found.items()}
 
-    def _loaded(self, keys: list[StreamKey]) -> list[StreamActor]:
+    async def _loaded(self, keys: list[StreamKey]) -> list[StreamActor]:
+        """Actors for streams not in memory, from their records if stored. The read runs on a
+        detection thread: py-lmdb lets the GIL go for every key it looks up, and getting it
+        back from a thread that holds it may wait up to the switch interval (150-500 µs a
+        key against a thread busy in Python, ad hoc). That wait is better the thread's than
+        the event loop's, which serves every partition of the process."""
         if not keys:
             return []
-        started = time.perf_counter()
-        records = self._store.read_actors(self.partition, keys)
-        each_s = (time.perf_counter() - started) / len(keys)
+        read = partial(_timed_read, self._store, self.partition, keys)
+        records, seconds = await self._threads.run(read)
+        each_s = seconds / len(keys)
         actors = []
         for (tenant, metric), record in zip(keys, records, strict=True):
             actor = StreamActor(tenant, metric, record)
@@ -493,6 +499,13 @@ class PartitionWorker:
             m.anomalies.labels(a.kind.value).inc()
         for r in applied.rejects:
             m.rejects.labels(r.reason.value).inc()
+
+
+def _timed_read(
+    store: StateStore, partition: int, keys: list[StreamKey]
+) -> tuple[list[ActorRecord | None], float]:
+    started = time.perf_counter()
+    return store.read_actors(partition, keys), time.perf_counter() - started
 
 
 def _apply(

@@ -98,10 +98,9 @@ class StateStore:
     def read_actors(
         self, partition: int, streams: Sequence[tuple[str, str]]
     ) -> list[ActorRecord | None]:
-        """The records of these (tenant, metric) streams (None: not stored), in one call:
-        each `get` lets the GIL go, and a thread scoring meanwhile may keep it; a piece of
-        new streams read one by one cost ~80 µs a stream against such a thread, in one
-        `getmulti` (which keeps the GIL for keys it does not find) 0.15."""
+        """The records of these (tenant, metric) streams (None: not stored), in one
+        transaction and one `getmulti` call. (py-lmdb lets the GIL go for each key it looks
+        up, so call it off the event loop when other threads are busy.)"""
         keys = [actor_key(partition, t, m) for t, m in streams]
         with self._env.begin(db=self._actors) as txn:
             found = dict(txn.cursor().getmulti(keys))
