@@ -294,8 +294,9 @@ class Detector:
         completed (`Calibrator.stored`), joined, and where each stream's ends (an empty one:
         its own); their integer and float fields; then the configuration."""
         cfg, cal = self.config, self._calibrator
-        joined = b"".join([s.tables for s in states])
-        sizes = np.fromiter(map(len, [s.tables for s in states]), np.int64, len(states))
+        buffers = [s.tables for s in states]
+        joined = b"".join(buffers)
+        sizes = np.fromiter(map(len, buffers), np.int64, len(states))
         ends = b"".join([s.ends or NO_ENDS for s in states])
         offsets = np.empty((len(states), 1 + len(TABLES)), dtype=np.int64)
         offsets[:, 0] = np.cumsum(sizes) - sizes
