@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from driftlock.detect.jit import jit
 from driftlock.detect.rolling import FloatArray
-from driftlock.detect.state import DetectorState, floats
+from driftlock.detect.state import DetectorState
 
 BINS_PER_OCTAVE = 4
 LOWEST_OCTAVE = -8
@@ -66,17 +66,39 @@ class Calibrator:
         return self._completed(state)
 
     def _completed(self, state: DetectorState) -> tuple[bytes, bytes]:
-        size = self.detectors * BINS
-        hist = np.zeros(size, dtype=np.int32)
-        refs = _references(hist, self.quantile, self.floors, self.priors)
-        # A state from before a detector was added holds the others' rows (a prefix): the new
-        # one starts with an empty history and its prior.
-        known = np.frombuffer(state.hist, dtype=np.int32)[:size]
-        hist[: len(known)] = known
-        if len(known):
-            old_refs = floats(state.refs)[: len(refs)]
-            refs[: len(old_refs)] = old_refs
+        hist, refs = whole_calibration(
+            np.frombuffer(state.hist, dtype=np.uint8),
+            np.frombuffer(state.refs, dtype=np.uint8),
+            self.quantile,
+            self.floors,
+            self.priors,
+        )
         return hist.tobytes(), refs.tobytes()
+
+
+@jit
+def whole_calibration(
+    stored_hist: npt.NDArray[np.uint8],
+    stored_refs: npt.NDArray[np.uint8],
+    quantile: float,
+    floors: FloatArray,
+    priors: FloatArray,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """A stored histogram and references as `stored_surprise` reads them, as new arrays: the
+    stored ones when whole, as they nearly always are; else completed. A new stream's are
+    empty; a state from before a detector was added holds the others' rows (a prefix), and
+    the new one starts with an empty history and its prior."""
+    size = len(floors) * BINS
+    if len(stored_hist) == 4 * size and len(stored_refs) == 8 * len(floors):
+        return stored_hist.copy(), stored_refs.copy()
+    hist = np.zeros(size, dtype=np.int32)
+    known = np.frombuffer(stored_hist, dtype=np.int32)[:size]
+    hist[: len(known)] = known
+    refs = _references(hist, quantile, floors, priors)
+    if len(known):
+        old = np.frombuffer(stored_refs, dtype=np.float64)[: len(refs)]
+        refs[: len(old)] = old
+    return hist.view(np.uint8), refs.view(np.uint8)
 
 
 @jit

@@ -28,8 +28,11 @@ statistics, integer counts and sums, and per-day extremes: results are bit-ident
 the stream is batched.
 """
 
+import math
 import threading
+from array import array
 from collections.abc import Callable, Sequence
+from itertools import chain
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -38,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from driftlock.detect import robust
-from driftlock.detect.calibrate import Calibrator, stored_surprise
+from driftlock.detect.calibrate import BINS, Calibrator, stored_surprise, whole_calibration
 from driftlock.detect.config import DetectorConfig
 from driftlock.detect.drift import HISTORY, drift_kernel
 from driftlock.detect.jit import jit, jit_holding_gil
@@ -47,7 +50,7 @@ from driftlock.detect.robust import SHORT, robust_rows
 from driftlock.detect.rolling import FloatArray
 from driftlock.detect.rules import BoolArray, both_checks, flatline
 from driftlock.detect.seasonal import season
-from driftlock.detect.state import END, NO_ENDS, TABLES, DetectorState
+from driftlock.detect.state import NO_ENDS, TABLES, DetectorState
 from driftlock.detect.tuning import (
     DEFAULT_SENSITIVITY,
     DEFAULT_TUNING,
@@ -111,6 +114,19 @@ class Detector:
         self.config = config or DetectorConfig()
         self._calibrator = Calibrator(self.config.quantile, FLOORS, PRIORS)
         self._tuning = tuning
+        cfg, cal = self.config, self._calibrator
+        self._settings = (
+            (cfg.warmup, cfg.window, cfg.season_days),
+            (
+                float(cal.quantile),
+                cal.floors,
+                cal.priors,
+                cfg.refractory,
+                float(cfg.refractory_seconds),
+                float(cfg.threshold),
+            ),
+        )
+        """`_many`'s last two arguments, the configuration: the same for every call."""
         _warm_up(self)
 
     def tuning_for(self, tenant: str, metric: str) -> StreamTuning:
@@ -278,60 +294,11 @@ class Detector:
             ]
         if not states:
             return []
-        values = np.concatenate([v for v, _ in batches]).astype(np.float64, copy=False)
-        times = np.concatenate([t for _, t in batches]).astype(np.float64, copy=False)
+        values, times = _column([v for v, _ in batches]), _column([t for _, t in batches])
         many = _many_holding_gil if threading.current_thread() is _MAIN else _many
-        arguments = self._joined(states, lengths, sensitivities)
+        arguments = (*_joined(states, lengths, sensitivities), *self._settings)
         found = _Many._make(many(values, times, *arguments))
         return _split(found, states, lengths, values, times)
-
-    def _joined(
-        self, states: Sequence[DetectorState], lengths: list[int], sensitivities: Sequence[float]
-    ) -> tuple[Any, ...]:
-        """`_many`'s arguments after the points: where each stream's points end; the states'
-        tables joined and where each stream's start and each of its tables ends ([stream,
-        1 + table]); the histograms and references of the states whose own are not whole,
-        completed (`Calibrator.stored`), joined, and where each stream's ends (an empty one:
-        its own); their integer and float fields; then the configuration."""
-        cfg, cal = self.config, self._calibrator
-        buffers = [s.tables for s in states]
-        joined = b"".join(buffers)
-        sizes = np.fromiter(map(len, buffers), np.int64, len(states))
-        ends = b"".join([s.ends or NO_ENDS for s in states])
-        offsets = np.empty((len(states), 1 + len(TABLES)), dtype=np.int64)
-        offsets[:, 0] = np.cumsum(sizes) - sizes
-        offsets[:, 1:] = np.frombuffer(ends, dtype=END).reshape(len(states), len(TABLES))
-        offsets[:, 1:] += offsets[:, :1]
-        # The histogram and references `_many` reads: each state's own when whole, as they
-        # nearly always are; the rest completed here.
-        hist, refs = (offsets[:, at + 1] - offsets[:, at] for at in _CALIBRATION)
-        whole = ((hist == cal.hist_bytes) & (refs == cal.refs_bytes)).tolist()
-        completed = [(b"", b"") if w else cal.stored(s) for s, w in zip(states, whole, strict=True)]
-        columns = [[h for h, _ in completed], [r for _, r in completed]]
-        floats = [
-            [np.nan if s.last_ts is None else s.last_ts for s in states],
-            [s.gap_record for s in states],
-            [s.season_width for s in states],
-            [reference_shift(x) for x in sensitivities],
-        ]
-        return (
-            np.cumsum(lengths, dtype=np.int64),
-            np.frombuffer(joined, dtype=np.uint8),
-            offsets,
-            tuple(np.frombuffer(b"".join(c), dtype=np.uint8) for c in columns),
-            np.array([list(map(len, c)) for c in columns], dtype=np.int64).cumsum(axis=1),
-            np.array([list(map(attrgetter(name), states)) for name in _INTS], dtype=np.int64),
-            np.array(floats, dtype=np.float64),
-            (cfg.warmup, cfg.window, cfg.season_days),
-            (
-                float(cal.quantile),
-                cal.floors,
-                cal.priors,
-                cfg.refractory,
-                float(cfg.refractory_seconds),
-                float(cfg.threshold),
-            ),
-        )
 
 
 class _Front(NamedTuple):
@@ -722,6 +689,39 @@ def _combine(
     )
 
 
+def _column(parts: list[FloatArray]) -> FloatArray:
+    """The batches' arrays end to end: always a new, writable float64 array (a read-only
+    one would have `_many` compiled anew for it, mid-batch)."""
+    if len(parts) == 1:
+        return np.array(parts[0], dtype=np.float64)
+    return np.concatenate(parts).astype(np.float64, copy=False)
+
+
+def _joined(
+    states: Sequence[DetectorState], lengths: list[int], sensitivities: Sequence[float]
+) -> tuple[Any, ...]:
+    """`_many`'s arguments after the points and before the configuration: how many points
+    each stream has; the states' tables joined, each state's size, and where each of its
+    tables ends (uint32, as the states keep them); then their integer and float fields
+    ([stream × field], flat).
+
+    Plain bytes and `array`s, which the compiled code reads as they are: each numpy call
+    here cost 1-5 µs, and 20 of them made a third of a call on one stream (ad hoc)."""
+    buffers = [s.tables for s in states]
+    reals = array("d")
+    for s, sensitivity in zip(states, sensitivities, strict=True):
+        last_ts = math.nan if s.last_ts is None else s.last_ts
+        reals.extend((last_ts, s.gap_record, s.season_width, reference_shift(sensitivity)))
+    return (
+        array("q", lengths),
+        b"".join(buffers),
+        array("q", map(len, buffers)),
+        b"".join([s.ends or NO_ENDS for s in states]),
+        array("q", chain.from_iterable(map(_INTS, states))),
+        reals,
+    )
+
+
 def _split(
     m: "_Many",
     states: Sequence[DetectorState],
@@ -730,11 +730,10 @@ def _split(
     times: FloatArray,
 ) -> list[tuple[DetectorState, Detections]]:
     """`_many`'s results, stream by stream: its new state and its detections."""
-    packed, bounds = m.packed, m.packed_ends[:, -1].tolist()
-    starts = np.concatenate(([0], m.packed_ends[:-1, -1]))
-    all_ends = (m.packed_ends - starts[:, None]).astype(END).tobytes()
+    packed, bounds = m.packed, m.packed_bounds.tolist()
+    all_ends = m.packed_ends.tobytes()
     size = len(NO_ENDS)
-    scalars, more = m.ints.T.tolist(), m.floats.T.tolist()
+    scalars, more = m.ints.tolist(), m.floats.tolist()
     found_ends = m.anomaly_ends.tolist()
     results: list[tuple[DetectorState, Detections]] = []
     start = found = byte = 0
@@ -838,7 +837,7 @@ _JOINED = (
 """The state's tables `_many` reads, in the order it reads them (the histogram and references
 come apart, as `Calibrator.stored` completes them)."""
 _READ = np.array([TABLES.index(name) for name in _JOINED], dtype=np.int64)
-_INTS = (
+_INTS = attrgetter(
     "count",
     "flat_run",
     "flat_record",
@@ -848,6 +847,8 @@ _INTS = (
     "cusum_up",
     "cusum_down",
 )
+"""A state's integer fields, in the order `_many` reads them."""
+INT_FIELDS, FLOAT_FIELDS = 8, 4
 ROWS = robust.BUILT + 1
 
 
@@ -855,8 +856,9 @@ class _Many(NamedTuple):
     """What `_many` hands back: per point of all the batches, their scores, bands,
     surprises, robust rows, rules' flags and seasonal envelopes; the anomalies (indices
     into their own batch) and where each stream's end; the new states' byte fields packed
-    (each stream's, in `TABLES` order, ending at its row of `packed_ends`) and their other
-    fields ([field, stream])."""
+    (each stream's, in `TABLES` order: where each stream's end, and where each of its tables
+    ends from the stream's start, as a state keeps them) and their other fields ([stream,
+    field])."""
 
     score: FloatArray
     lower: FloatArray
@@ -870,7 +872,8 @@ class _Many(NamedTuple):
     anomalies: IntArray
     anomaly_ends: npt.NDArray[np.int64]
     packed: npt.NDArray[np.uint8]
-    packed_ends: npt.NDArray[np.int64]
+    packed_bounds: npt.NDArray[np.int64]
+    packed_ends: npt.NDArray[np.uint32]
     ints: npt.NDArray[np.int64]
     floats: FloatArray
 
@@ -879,78 +882,85 @@ class _Many(NamedTuple):
 def _many(
     values: FloatArray,
     ts: FloatArray,
-    point_ends: npt.NDArray[np.int64],
-    tables: npt.NDArray[np.uint8],
-    offsets: npt.NDArray[np.int64],
-    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
-    completed_ends: npt.NDArray[np.int64],
-    ints: npt.NDArray[np.int64],
-    floats: FloatArray,
+    lengths: "array[int]",
+    joined: bytes,
+    sizes: "array[int]",
+    ends: bytes,
+    ints: "array[int]",
+    floats: "array[float]",
     config: tuple[int, int, int],
     calibration: tuple[Any, ...],
 ) -> tuple[Any, ...]:  # see _Many
     """`_whole` for each stream in turn, reading its stored fields from the joined ones
-    (`detect_many` says how they come), collecting the results for one hand-back."""
+    (`_joined` says how they come), collecting the results for one hand-back."""
     warmup, window, days = config
     quantile, floors, priors, refractory, refractory_seconds, threshold = calibration
     total = len(values)
-    streams = len(point_ends)
+    streams = len(lengths)
+    tables = np.frombuffer(joined, dtype=np.uint8)
+    offsets = _offsets(sizes, ends)
     score, lower, upper = np.empty(total), np.empty(total), np.empty(total)
     surprise, rows = np.empty((len(DETECTORS), total)), np.empty((ROWS, total))
     missing, flat = np.empty(total, dtype=np.bool_), np.empty(total, dtype=np.bool_)
     envelope_lo, envelope_hi = np.empty(total), np.empty(total)
     anomalies = np.empty(total, dtype=np.intp)
     anomaly_ends = np.empty(streams, dtype=np.int64)
-    capacity = 1024 + 2 * len(tables)
-    for joined in completed:
-        capacity += 2 * len(joined)
-    packed = np.empty(capacity, dtype=np.uint8)
-    packed_ends = np.empty((streams, len(TABLES)), dtype=np.int64)
-    out_ints = np.empty((7, streams), dtype=np.int64)
-    out_floats = np.empty((2, streams))
+    packed = np.empty(1024 + 2 * len(tables) + streams * _CALIBRATION_BYTES, dtype=np.uint8)
+    packed_bounds = np.empty(streams, dtype=np.int64)
+    packed_ends = np.empty((streams, _TABLE_COUNT), dtype=np.uint32)
+    out_ints = np.empty((streams, 7), dtype=np.int64)
+    out_floats = np.empty((streams, 2))
     start = found = used = 0
     for k in range(streams):
-        end = point_ends[k]
+        end = start + lengths[k]
+        i0, f0 = k * INT_FIELDS, k * FLOAT_FIELDS
+        hist, refs = whole_calibration(
+            _read_table(tables, offsets, k, _HIST),
+            _read_table(tables, offsets, k, _REFS),
+            quantile,
+            floors,
+            priors,
+        )
         before = (
             values[start:end],
             ts[start:end],
             True,
-            ints[0, k],
+            ints[i0],
             warmup,
             window,
             days,
             _read(tables, offsets, k, 0),
-            ints[1, k],
-            ints[2, k],
-            floats[0, k],
+            ints[i0 + 1],
+            ints[i0 + 2],
+            floats[f0],
             _read(tables, offsets, k, 1),
-            floats[1, k],
+            floats[f0 + 1],
             _read(tables, offsets, k, 2),
             _read(tables, offsets, k, 3),
             _read(tables, offsets, k, 4),
             _read(tables, offsets, k, 5),
-            ints[3, k],
-            ints[4, k],
-            floats[2, k],
+            ints[i0 + 3],
+            ints[i0 + 4],
+            floats[f0 + 2],
             _read(tables, offsets, k, 6),
             _read(tables, offsets, k, 7),
             _read(tables, offsets, k, 8),
             _read(tables, offsets, k, 9),
-            ints[5, k],
+            ints[i0 + 5],
             _read(tables, offsets, k, 10),
             _read(tables, offsets, k, 11),
             _read(tables, offsets, k, 12),
-            ints[6, k],
-            ints[7, k],
+            ints[i0 + 6],
+            ints[i0 + 7],
             _read(tables, offsets, k, 13),
             _read(tables, offsets, k, 14),
             _read(tables, offsets, k, 15),
         )
         after = (
-            ints[0, k],
-            _calibration(tables, offsets, completed, completed_ends, k, 0),
-            _calibration(tables, offsets, completed, completed_ends, k, 1),
-            floats[3, k],
+            ints[i0],
+            hist,
+            refs,
+            floats[f0 + 3],
             quantile,
             floors,
             priors,
@@ -1009,11 +1019,12 @@ def _many(
                 packed = grown
             _put(packed, used, part)
             used += len(part)
-            packed_ends[k, i] = used
-        out_ints[0, k], out_ints[1, k] = f[9], f[10]
-        out_ints[2, k], out_ints[3, k], out_ints[4, k] = f[17], f[18], f[24]
-        out_ints[5, k], out_ints[6, k] = f[28], f[29]
-        out_floats[0, k], out_floats[1, k] = f[12], f[19]
+            packed_ends[k, i] = used - (packed_bounds[k - 1] if k else 0)
+        packed_bounds[k] = used
+        out_ints[k, 0], out_ints[k, 1] = f[9], f[10]
+        out_ints[k, 2], out_ints[k, 3], out_ints[k, 4] = f[17], f[18], f[24]
+        out_ints[k, 5], out_ints[k, 6] = f[28], f[29]
+        out_floats[k, 0], out_floats[k, 1] = f[12], f[19]
         start = end
     return (
         score,
@@ -1028,6 +1039,7 @@ def _many(
         anomalies[:found],
         anomaly_ends,
         packed[:used],
+        packed_bounds,
         packed_ends,
         out_ints,
         out_floats,
@@ -1038,63 +1050,52 @@ def _many(
 def _many_holding_gil(
     values: FloatArray,
     ts: FloatArray,
-    point_ends: npt.NDArray[np.int64],
-    tables: npt.NDArray[np.uint8],
-    offsets: npt.NDArray[np.int64],
-    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
-    completed_ends: npt.NDArray[np.int64],
-    ints: npt.NDArray[np.int64],
-    floats: FloatArray,
+    lengths: "array[int]",
+    joined: bytes,
+    sizes: "array[int]",
+    ends: bytes,
+    ints: "array[int]",
+    floats: "array[float]",
     config: tuple[int, int, int],
     calibration: tuple[Any, ...],
 ) -> tuple[Any, ...]:
     """`_many` for the main thread (see `_whole_holding_gil`)."""
-    return _many(
-        values,
-        ts,
-        point_ends,
-        tables,
-        offsets,
-        completed,
-        completed_ends,
-        ints,
-        floats,
-        config,
-        calibration,
-    )
+    return _many(values, ts, lengths, joined, sizes, ends, ints, floats, config, calibration)
 
 
 @jit
 def _read(tables: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], k: int, i: int) -> Any:
     """Stream k's `_JOINED[i]` table."""
-    table = _READ[i]
-    return tables[offsets[k, table] : offsets[k, table + 1]]
-
-
-_CALIBRATION = (TABLES.index("hist"), TABLES.index("refs"))
+    return _read_table(tables, offsets, k, _READ[i])
 
 
 @jit
-def _calibration(
-    tables: npt.NDArray[np.uint8],
-    offsets: npt.NDArray[np.int64],
-    completed: tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]],
-    completed_ends: npt.NDArray[np.int64],
-    k: int,
-    which: int,
+def _read_table(
+    tables: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], k: int, table: int
 ) -> Any:
-    """Stream k's histogram (which 0) or references (1): completed, else its own."""
-    mine = _stored(completed[which], completed_ends[which], k)
-    if len(mine):
-        return mine
-    table = _CALIBRATION[which]
+    """Stream k's table `TABLES[table]`."""
     return tables[offsets[k, table] : offsets[k, table + 1]]
 
 
+_HIST, _REFS = TABLES.index("hist"), TABLES.index("refs")
+_CALIBRATION_BYTES = (4 * BINS + 8) * len(DETECTORS)
+"""A whole histogram and its references: what a state without them gains in a call."""
+_TABLE_COUNT = len(TABLES)
+
+
 @jit
-def _stored(joined: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64], k: int) -> Any:
-    """Stream k's bytes of a joined field."""
-    return joined[ends[k - 1] if k else 0 : ends[k]]
+def _offsets(sizes: "array[int]", ends: bytes) -> npt.NDArray[np.int64]:
+    """Where each stream's tables start and each ends in the joined ones ([stream, 1 +
+    table]), from the states' sizes and their own ends."""
+    own = np.frombuffer(ends, dtype=np.uint32)
+    offsets = np.empty((len(sizes), 1 + _TABLE_COUNT), dtype=np.int64)
+    start = 0
+    for k in range(len(sizes)):
+        offsets[k, 0] = start
+        for i in range(_TABLE_COUNT):
+            offsets[k, 1 + i] = start + own[k * _TABLE_COUNT + i]
+        start += sizes[k]
+    return offsets
 
 
 @jit
