@@ -730,16 +730,15 @@ def _split(
     times: FloatArray,
 ) -> list[tuple[DetectorState, Detections]]:
     """`_many`'s results, stream by stream: its new state and its detections."""
-    packed, bounds = m.packed, m.packed_bounds.tolist()
-    all_ends = m.packed_ends.tobytes()
-    size = len(NO_ENDS)
+    points = m.points
+    score, lower, upper = points[_SCORE], points[_LOWER], points[_UPPER]
+    packed, all_ends, size = m.packed, m.packed_ends.tobytes(), len(NO_ENDS)
     scalars, more = m.ints.tolist(), m.floats.tolist()
-    found_ends = m.anomaly_ends.tolist()
     results: list[tuple[DetectorState, Detections]] = []
     start = found = byte = 0
     for k, state in enumerate(states):
         end = start + lengths[k]
-        flat_run, flat_record, today, reach, week_today, up, down = scalars[k]
+        found_end, bound, flat_run, flat_record, today, reach, week_today, up, down = scalars[k]
         gap_record, width = more[k]
         new_state = msgspec.structs.replace(
             state,
@@ -754,27 +753,27 @@ def _split(
             week_today=week_today,
             cusum_up=up,
             cusum_down=down,
-            tables=packed[byte : bounds[k]].tobytes(),
+            tables=packed[byte:bound].tobytes(),
             ends=all_ends[k * size : (k + 1) * size],
         )
-        byte = bounds[k]
-        anomalies = m.anomalies[found : found_ends[k]]
-        found = found_ends[k]
-        lower, upper = m.lower[start:end], m.upper[start:end]
+        byte = bound
+        anomalies = m.anomalies[found:found_end]
+        found = found_end
+        band = (lower[start:end], upper[start:end])
         kinds: list[AnomalyKind] = []
         agreed: list[list[str]] = []
         if len(anomalies):
             kinds, agreed = _named(
                 anomalies,
                 values[start:end],
-                m.surprise[:, start:end],
-                m.rows[:, start:end],
-                m.missing[start:end],
-                m.flat[start:end],
-                (m.envelope_lo[start:end], m.envelope_hi[start:end]),
-                (lower, upper),
+                points[_SURPRISE:_ROBUST, start:end],
+                points[_ROBUST:, start:end],
+                m.flags[0, start:end],
+                m.flags[1, start:end],
+                (points[_ENVELOPE_LO, start:end], points[_ENVELOPE_HI, start:end]),
+                band,
             )
-        found_here = Detections(m.score[start:end], lower, upper, anomalies, kinds, agreed)
+        found_here = Detections(score[start:end], *band, anomalies, kinds, agreed)
         results.append((new_state, found_here))
         start = end
     return results
@@ -853,29 +852,27 @@ ROWS = robust.BUILT + 1
 
 
 class _Many(NamedTuple):
-    """What `_many` hands back: per point of all the batches, their scores, bands,
-    surprises, robust rows, rules' flags and seasonal envelopes; the anomalies (indices
-    into their own batch) and where each stream's end; the new states' byte fields packed
-    (each stream's, in `TABLES` order: where each stream's end, and where each of its tables
-    ends from the stream's start, as a state keeps them) and their other fields ([stream,
-    field])."""
+    """What `_many` hands back, in few arrays (each array handed back to Python cost a
+    boxing and an unpickled dtype, ~1 µs apiece): for every point of all the batches its
+    score, band, seasonal envelope, surprises and robust rows ([row, point], rows from
+    `_SCORE` on) and its rules' flags ([missing / flat, point]); the anomalies (indices
+    into their own batch); the new states' tables packed, each stream's in `TABLES` order,
+    and where each of its tables ends from the stream's start, as a state keeps them
+    ([stream, table]); per stream, where its anomalies and its tables end, then its other
+    integer fields, and its float fields ([stream, field])."""
 
-    score: FloatArray
-    lower: FloatArray
-    upper: FloatArray
-    surprise: FloatArray
-    rows: FloatArray
-    missing: BoolArray
-    flat: BoolArray
-    envelope_lo: FloatArray
-    envelope_hi: FloatArray
+    points: FloatArray
+    flags: BoolArray
     anomalies: IntArray
-    anomaly_ends: npt.NDArray[np.int64]
     packed: npt.NDArray[np.uint8]
-    packed_bounds: npt.NDArray[np.int64]
     packed_ends: npt.NDArray[np.uint32]
     ints: npt.NDArray[np.int64]
     floats: FloatArray
+
+
+_SCORE, _LOWER, _UPPER, _ENVELOPE_LO, _ENVELOPE_HI, _SURPRISE = range(6)
+_ROBUST = _SURPRISE + len(DETECTORS)
+_POINT_ROWS = _ROBUST + ROWS
 
 
 @jit
@@ -899,16 +896,12 @@ def _many(
     streams = len(lengths)
     tables = np.frombuffer(joined, dtype=np.uint8)
     offsets = _offsets(sizes, ends)
-    score, lower, upper = np.empty(total), np.empty(total), np.empty(total)
-    surprise, rows = np.empty((len(DETECTORS), total)), np.empty((ROWS, total))
-    missing, flat = np.empty(total, dtype=np.bool_), np.empty(total, dtype=np.bool_)
-    envelope_lo, envelope_hi = np.empty(total), np.empty(total)
+    points = np.empty((_POINT_ROWS, total))
+    flags = np.empty((2, total), dtype=np.bool_)
     anomalies = np.empty(total, dtype=np.intp)
-    anomaly_ends = np.empty(streams, dtype=np.int64)
     packed = np.empty(1024 + 2 * len(tables) + streams * _CALIBRATION_BYTES, dtype=np.uint8)
-    packed_bounds = np.empty(streams, dtype=np.int64)
     packed_ends = np.empty((streams, _TABLE_COUNT), dtype=np.uint32)
-    out_ints = np.empty((streams, 7), dtype=np.int64)
+    out_ints = np.empty((streams, 9), dtype=np.int64)
     out_floats = np.empty((streams, 2))
     start = found = used = 0
     for k in range(streams):
@@ -972,21 +965,21 @@ def _many(
             threshold,
         )
         f, b, model, _ = _whole(before, _read(tables, offsets, k, 16), after)
-        _put(score, start, b[3])
-        _put(lower, start, b[4])
-        _put(upper, start, b[5])
+        _put(points[_SCORE], start, b[3])
+        _put(points[_LOWER], start, b[4])
+        _put(points[_UPPER], start, b[5])
+        _put(points[_ENVELOPE_LO], start, f[6])
+        _put(points[_ENVELOPE_HI], start, f[7])
         for i in range(len(DETECTORS)):
-            _put(surprise[i], start, b[0][i])
+            _put(points[_SURPRISE + i], start, b[0][i])
         for i in range(ROWS):
-            _put(rows[i], start, f[5][i])
-        _put(missing, start, f[3])
-        _put(flat, start, f[4])
-        _put(envelope_lo, start, f[6])
-        _put(envelope_hi, start, f[7])
+            _put(points[_ROBUST + i], start, f[5][i])
+        _put(flags[0], start, f[3])
+        _put(flags[1], start, f[4])
         for j in b[9]:
             anomalies[found] = j
             found += 1
-        anomaly_ends[k] = found
+        stream_start = used
         for i, part in enumerate(
             (
                 _raw_bytes(f[8]),
@@ -1019,31 +1012,14 @@ def _many(
                 packed = grown
             _put(packed, used, part)
             used += len(part)
-            packed_ends[k, i] = used - (packed_bounds[k - 1] if k else 0)
-        packed_bounds[k] = used
-        out_ints[k, 0], out_ints[k, 1] = f[9], f[10]
-        out_ints[k, 2], out_ints[k, 3], out_ints[k, 4] = f[17], f[18], f[24]
-        out_ints[k, 5], out_ints[k, 6] = f[28], f[29]
+            packed_ends[k, i] = used - stream_start
+        out_ints[k, 0], out_ints[k, 1] = found, used
+        out_ints[k, 2], out_ints[k, 3] = f[9], f[10]
+        out_ints[k, 4], out_ints[k, 5], out_ints[k, 6] = f[17], f[18], f[24]
+        out_ints[k, 7], out_ints[k, 8] = f[28], f[29]
         out_floats[k, 0], out_floats[k, 1] = f[12], f[19]
         start = end
-    return (
-        score,
-        lower,
-        upper,
-        surprise,
-        rows,
-        missing,
-        flat,
-        envelope_lo,
-        envelope_hi,
-        anomalies[:found],
-        anomaly_ends,
-        packed[:used],
-        packed_bounds,
-        packed_ends,
-        out_ints,
-        out_floats,
-    )
+    return points, flags, anomalies[:found], packed[:used], packed_ends, out_ints, out_floats
 
 
 @jit_holding_gil
