@@ -214,18 +214,18 @@ async def test_a_partition_detecting_a_batch_holds_up_no_other_and_is_cancelled_
     task cancelled meanwhile ends only once its thread let go of the actors."""
     release, entered = threading.Event(), threading.Event()
     threads: set[str] = set()
-    detect_many = Detector.detect_many
+    detect_joined = Detector.detect_joined
 
-    def held_detect(self: Detector, states: Any, batches: Any, *args: Any) -> Any:
-        first = batches[0][0][0]
+    def held_detect(self: Detector, states: Any, values: Any, *args: Any) -> Any:
+        first = values[0]
         if first in (999.0, 1.0):  # this test's points (not the detector's warm-up)
             threads.add(threading.current_thread().name)
         if first == 999.0:
             entered.set()
             assert release.wait(10.0)
-        return detect_many(self, states, batches, *args)
+        return detect_joined(self, states, values, *args)
 
-    monkeypatch.setattr(Detector, "detect_many", held_detect)
+    monkeypatch.setattr(Detector, "detect_joined", held_detect)
     slow, other = "slow", next(m for m in ("b", "c", "d", "e") if _p(m) != _p("slow"))
     node = Node(node_settings.model_copy(update={"detect_threads": 2}))
     await node.start()
@@ -255,13 +255,13 @@ async def test_with_one_detection_thread_a_small_batch_is_scored_on_the_event_lo
     """With one thread (a node of a process per core) a small batch is scored on the loop
     and a large one on the thread; with more, every batch goes to the threads."""
     threads: dict[float, str] = {}
-    detect_many = Detector.detect_many
+    detect_joined = Detector.detect_joined
 
-    def noted_detect(self: Detector, states: Any, batches: Any, *args: Any) -> Any:
-        threads.setdefault(float(batches[0][0][0]), threading.current_thread().name)
-        return detect_many(self, states, batches, *args)
+    def noted_detect(self: Detector, states: Any, values: Any, *args: Any) -> Any:
+        threads.setdefault(float(values[0]), threading.current_thread().name)
+        return detect_joined(self, states, values, *args)
 
-    monkeypatch.setattr(Detector, "detect_many", noted_detect)
+    monkeypatch.setattr(Detector, "detect_joined", noted_detect)
     node = Node(node_settings.model_copy(update={"detect_threads": detect_threads}))
     await node.start()
     try:
@@ -279,16 +279,16 @@ async def test_a_backlog_of_small_streams_is_scored_a_piece_a_call_as_each_alone
     node_settings: Settings, nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backlog of single-point messages over a dozen streams of one partition: the worker
-    scores a piece's streams in one `detect_many` call, and every stream ends with the
-    record that scoring it alone makes."""
+    scores a piece's streams in one detector call, and every stream ends with the record
+    that scoring it alone makes."""
     calls: list[int] = []
-    detect_many = Detector.detect_many
+    detect_joined = Detector.detect_joined
 
     def counted(self: Detector, states: Any, *args: Any) -> Any:
         calls.append(len(states))
-        return detect_many(self, states, *args)
+        return detect_joined(self, states, *args)
 
-    monkeypatch.setattr(Detector, "detect_many", counted)
+    monkeypatch.setattr(Detector, "detect_joined", counted)
     backlog = await Backlog.publish(node_settings, nc, seed=5)
     node = Node(node_settings)
     await node.start()

@@ -55,7 +55,7 @@ class StreamActor:
         state: DetectorState,
         found: Detections,
     ) -> list[Anomaly]:
-        """`apply` once the detector has scored the points (`Detector.detect_many` scores a
+        """`apply` once the detector has scored the points (`Detector.detect_joined` scores a
         partition's streams together): keep its new state, run the custom rules, and
         return the anomalies."""
         record = self.record

@@ -295,6 +295,21 @@ class Detector:
         if not states:
             return []
         values, times = _column([v for v, _ in batches]), _column([t for _, t in batches])
+        return self.detect_joined(states, values, times, lengths, sensitivities)
+
+    def detect_joined(
+        self,
+        states: Sequence[DetectorState],
+        values: FloatArray,
+        times: FloatArray,
+        lengths: list[int],
+        sensitivities: Sequence[float],
+    ) -> list[tuple[DetectorState, Detections]]:
+        """`detect_many` with the batches end to end: the values and times of every stream
+        in turn, `lengths[k]` (at least one) of them stream k's. For a caller that has them
+        so already (a partition worker, for a piece's streams), it spares a numpy call or
+        two per stream."""
+        values, times = _writable(values), _writable(times)
         many = _many_holding_gil if threading.current_thread() is _MAIN else _many
         arguments = (*_joined(states, lengths, sensitivities), *self._settings)
         found = _Many._make(many(values, times, *arguments))
@@ -689,12 +704,15 @@ def _combine(
     )
 
 
+def _writable(a: FloatArray) -> FloatArray:
+    """`a` as `_many` takes it, a writable float64 array: a read-only one would have it
+    compiled anew, mid-batch."""
+    return np.require(a, np.float64, ("C", "W"))
+
+
 def _column(parts: list[FloatArray]) -> FloatArray:
-    """The batches' arrays end to end: always a new, writable float64 array (a read-only
-    one would have `_many` compiled anew for it, mid-batch)."""
-    if len(parts) == 1:
-        return np.array(parts[0], dtype=np.float64)
-    return np.concatenate(parts).astype(np.float64, copy=False)
+    """The batches' arrays end to end."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _joined(
