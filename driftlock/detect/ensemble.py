@@ -852,9 +852,9 @@ _JOINED = (
     "surprise_ts",
 )
 """The state's tables `_many` reads, in the order it reads them (the histogram and references
-come apart, as `Calibrator.stored` completes them)."""
+come apart, as `whole_calibration` completes them)."""
 _READ = np.array([TABLES.index(name) for name in _JOINED], dtype=np.int64)
-_INTS = attrgetter(
+_INT_NAMES = (
     "count",
     "flat_run",
     "flat_record",
@@ -865,7 +865,10 @@ _INTS = attrgetter(
     "cusum_down",
 )
 """A state's integer fields, in the order `_many` reads them."""
-INT_FIELDS, FLOAT_FIELDS = 8, 4
+_INTS = attrgetter(*_INT_NAMES)
+_INT_FIELDS = len(_INT_NAMES)
+_FLOAT_FIELDS = 4
+"""last_ts, gap_record, season_width and the reference shift, in `_joined`'s order."""
 ROWS = robust.BUILT + 1
 
 
@@ -924,7 +927,7 @@ def _many(
     start = found = used = 0
     for k in range(streams):
         end = start + lengths[k]
-        i0, f0 = k * INT_FIELDS, k * FLOAT_FIELDS
+        i0, f0 = k * _INT_FIELDS, k * _FLOAT_FIELDS
         hist, refs = whole_calibration(
             _read_table(tables, offsets, k, _HIST),
             _read_table(tables, offsets, k, _REFS),
