@@ -64,7 +64,13 @@ def drift_kernel(
     """Raw scores for the last n entries of `series` (see `drift_scores`), the ring and its
     order to store (`stored_order`: the stored ring's, see `DetectorState.drift_order`)."""
     h = len(series) - n
-    ring = old_ring[-RING:].copy()
+    # The ring is the window [lo, hi) of a buffer with room for every drift the batch
+    # records (appending to an array made one every SPAN points).
+    kept = old_ring[-RING:]
+    buffer = np.empty(len(kept) + n // SPAN + 1)
+    buffer[: len(kept)] = kept
+    lo, hi = 0, len(kept)
+    ring = buffer[lo:hi]
     # The ring in order (held) and where each of its drifts is in the ring (order), kept so
     # as each drift is recorded.
     held, order = np.empty(RING), np.empty(RING, dtype=np.int64)
@@ -88,7 +94,10 @@ def drift_kernel(
             # Recorded as stored (float32): a batch reads the ring a restart would.
             recorded = np.float64(np.float32(drift))
             _record(held, order, len(ring), ring[0] if len(ring) == RING else np.nan, recorded)
-            ring = np.append(ring, recorded)[-RING:]
+            buffer[hi] = recorded
+            hi += 1
+            lo = max(lo, hi - RING)
+            ring = buffer[lo:hi]
             if len(ring) >= MIN_RING:
                 center, spread = _spread(ring, held)
     return raw, ring, order[: len(ring)].astype(np.uint8)
