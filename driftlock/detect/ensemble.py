@@ -664,7 +664,7 @@ def _combine(
     for j in range(n):
         # The learned model corroborates: alone, its 256-point memory is shorter than a day,
         # and a daily shape it has not seen would be an alert every day. (A loop: comparing
-        # slices made two arrays a point, 40% of this function's time.)
+        # two slices made two arrays a point, and this function cost 62 ns a point, not 20.)
         corroborated = False
         for i in range(len(DETECTORS)):
             corroborated |= i != SHAPE and surprise[i, j] != 0.0
