@@ -18,7 +18,7 @@ test: setup
 
 setup: $(STAMP)
 	@ops/ensure-nats-server.sh
-	@# Compile the detectors' loops once (numba keeps them in __pycache__): ~30 s the first
+	@# Compile the detectors' loops once (numba keeps them in __pycache__): ~2 min the first
 	@# time, ~1 s to load after, instead of in the middle of a node's first batch.
 	@$(BIN)/python -c 'from driftlock.detect import Detector; Detector()'
 
