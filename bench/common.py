@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from driftlock.detect import Detector
-
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -49,7 +47,8 @@ def spawn_driftlock(
     """`driftlock <args>` with its log in data_dir; returns once it logs the `started`
     message `count` times (a node of several processes logs it once each), with the first
     of those log records (all of them: `logged`)."""
-    _detectors_compiled()
+    if args[0] == "node":  # the only process that builds detectors
+        _detectors_compiled()
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "driftlock.cli", *args],
@@ -71,8 +70,11 @@ def spawn_driftlock(
 @functools.cache
 def _detectors_compiled() -> None:
     """Compile the detectors' loops here first (numba keeps them on disk): a process started
-    right after a change to `driftlock/detect/` would compile them itself, ~2.5 minutes on
-    the reference VM, and miss its start timeout."""
+    right after a change to `driftlock/detect/` would compile them itself, ~2 minutes on
+    the reference VM, and miss its start timeout. (Imported here: the other benches need
+    neither numba nor the detectors.)"""
+    from driftlock.detect import Detector
+
     Detector()
 
 
