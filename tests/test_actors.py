@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
-from driftlock.actors.partition import (
+from driftlock.actors.scoring import (
     CALL_US,
     INLINE_BUDGET_US,
     POINT_US,
@@ -265,9 +265,11 @@ async def test_with_one_detection_thread_a_small_batch_is_scored_on_the_event_lo
     node = Node(node_settings.model_copy(update={"detect_threads": detect_threads}))
     await node.start()
     try:
+        # One after the other: together, the two would be scored in one call (scoring.py).
         await nc.publish("dl.in.acme.small", json.dumps([T0, 5.0]).encode())
+        await eventually(lambda: 5.0 in threads)
         await nc.publish("dl.in.acme.large", large_batch(7.0))
-        await eventually(lambda: 5.0 in threads and 7.0 in threads)
+        await eventually(lambda: 7.0 in threads)
     finally:
         await node.shutdown()
     on_loop = threads[5.0] == threading.current_thread().name  # the node runs on this loop

@@ -16,9 +16,10 @@ from prometheus_client import start_http_server
 from driftlock.actors.detection import DetectionThreads
 from driftlock.actors.guard import SubjectGuard
 from driftlock.actors.metrics import NodeMetrics
-from driftlock.actors.partition import INLINE_BUDGET_US, PartitionWorker, WorkerConfig
+from driftlock.actors.partition import PartitionWorker, WorkerConfig
 from driftlock.actors.queries import QueryResponder
 from driftlock.actors.residency import ActiveActors
+from driftlock.actors.scoring import INLINE_BUDGET_US, Scoring
 from driftlock.actors.supervisor import Supervisor
 from driftlock.actors.tuning_watch import TuningWatch
 from driftlock.bus.buckets import key_value
@@ -102,10 +103,12 @@ class Node:
             # Every partition may be in the middle of a piece: all of them together hold at
             # most a quarter of the limit beyond it.
             max_batch_streams=max(1, s.max_active_actors // (4 * s.partitions)),
-            inline_budget_us=INLINE_BUDGET_US if detect_threads == 1 else 0.0,
             commit_interval_s=s.commit_interval_s,
         )
         self._threads = threads = DetectionThreads(detect_threads)
+        scoring = Scoring(
+            detector, threads, inline_budget_us=INLINE_BUDGET_US if detect_threads == 1 else 0.0
+        )
         # One budget for the whole node: memory follows the actors in it, whatever the
         # number of partitions or of streams ever seen.
         actors = ActiveActors(max_active=s.max_active_actors, idle_s=s.passivate_after_s)
@@ -120,11 +123,11 @@ class Node:
                 js=js,
                 store=store,
                 subjects=subjects,
-                detector=detector,
                 metrics=self.metrics,
                 config=config,
                 actors=actors,
                 threads=threads,
+                scoring=scoring,
                 owns=owns,
             )
 

@@ -7,7 +7,8 @@ between replays the batches since the last commit; detection is deterministic, s
 makes the same anomaly ids and DL_ANOMALIES drops the copies; it republishes to subscribers
 only what it stored.
 
-A batch's actors apply their points on the node's detection threads (`detection.py`).
+A batch's actors are scored together with the other partitions' waiting then, on the event
+loop or on the node's detection threads (`scoring.py`).
 
 Commits gather batches: the worker commits what it applied once it has caught up with the
 stream and no message came for `IDLE_S`, or once `commit_interval_s` has passed since the
@@ -35,7 +36,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
@@ -45,25 +45,21 @@ from driftlock.actors.actor import StreamActor
 from driftlock.actors.detection import DetectionThreads
 from driftlock.actors.metrics import NodeMetrics, WorkerStatistics
 from driftlock.actors.residency import ActiveActors
+from driftlock.actors.scoring import Scoring, Slice
 from driftlock.bus.feed import Delivery, PartitionFeed
 from driftlock.bus.partition import partition_of
 from driftlock.bus.publish import publish_all
 from driftlock.bus.subjects import PROBE_TENANT, Subjects
-from driftlock.detect import Detector
 from driftlock.ids import METRIC_RULE, TENANT_RULE, is_valid_metric, is_valid_tenant
 from driftlock.state.records import ActorRecord
 from driftlock.state.store import StateStore, actor_key
 from driftlock.tracing import TRACEPARENT, tracer
 from driftlock.wire.messages import Anomaly, Reject, RejectReason, json_encoder
-from driftlock.wire.payload import DecodedPoints, decode_points, one_point, single_point
+from driftlock.wire.payload import decode_points, single_point
 
 log = logging.getLogger("driftlock.partition")
 
 StreamKey = tuple[str, str]
-Point = tuple[float, float]
-Slice = tuple[DecodedPoints | Point, int]
-"""A message's points (a single-point message's as floats: see `single_point`) and its
-stream sequence."""
 
 
 MAX_BYTES_IN_FLIGHT = 8 << 20
@@ -91,9 +87,6 @@ class WorkerConfig:
     """Distinct streams per commit: a pulled batch is applied and committed in pieces of at
     most this many, because the actors of a piece stay in memory until it commits, whatever
     the limit on active actors."""
-    inline_budget_us: float = 0.0
-    """A piece whose scoring is estimated at no more than this is scored on the event loop,
-    keeping the GIL, not on a detection thread (see INLINE_BUDGET_US); 0: never."""
     commit_interval_s: float = 0.0
     """How long applied changes may gather before they are committed; 0: every piece."""
 
@@ -131,18 +124,18 @@ class PartitionWorker:
         js: JetStreamContext,
         store: StateStore,
         subjects: Subjects,
-        detector: Detector,
         metrics: NodeMetrics,
         config: WorkerConfig,
         actors: ActiveActors,
         threads: DetectionThreads,
+        scoring: Scoring,
         owns: Callable[[int], bool] = lambda partition: True,
     ) -> None:
         self.partition = partition
         self._owns = owns
-        self._threads = threads
+        self._threads, self._scoring = threads, scoring
         self._nc, self._js, self._store = nc, js, store
-        self._subjects, self._detector, self._metrics = subjects, detector, metrics
+        self._subjects, self._metrics = subjects, metrics
         self._tracer = tracer("driftlock.node")
         self._config = config
         self._actors = actors
@@ -225,12 +218,9 @@ class PartitionWorker:
         if self._would_hold_too_many(slices):
             await self._commit()
         touched = await self._actors_of(list(slices))
-        work = list(zip(touched.values(), slices.values(), strict=True))
-        score = partial(_apply, self._detector, work)
-        if self._scores_inline(work):
-            anomalies, points = score()
-        else:
-            anomalies, points = await self._threads.run(score)
+        anomalies, points = await self._scoring.score(
+            list(zip(touched.values(), slices.values(), strict=True))
+        )
         self._check_ownership()
         await self._publish_anomalies(anomalies, _trace_origins(batch) if anomalies else {})
         await self._publish_rejects(rejects)
@@ -302,11 +292,6 @@ class PartitionWorker:
             self._settle()  # its own callback may not have run yet
         if self._failed is not None:
             raise self._failed
-
-    def _scores_inline(self, work: list[tuple[StreamActor, list[Slice]]]) -> bool:
-        """Whether to score a piece on the event loop rather than on a detection thread."""
-        budget = self._config.inline_budget_us
-        return budget > 0 and _scoring_cost_us(work) <= budget
 
     def _settle(self) -> None:
         """Account for the commits that are durable, oldest first (the writer keeps order)."""
@@ -508,58 +493,10 @@ def _timed_read(
     return store.read_actors(partition, keys), time.perf_counter() - started
 
 
-def _apply(
-    detector: Detector, work: list[tuple[StreamActor, list[Slice]]]
-) -> tuple[list[Anomaly], int]:
-    """Score a piece's streams in one detector call, then let each actor take its part.
-
-    One call even for one stream: with the state's tables in one buffer, `detect_many` costs
-    less than `detect` at any size (warm states, one core, ad hoc: one stream of one point
-    141 µs against 193; of 100 points 212 against 207; four streams of one point 326 against
-    557, of 100 points 765 against 1,244)."""
-    # The piece's points in one set of arrays, each stream a view of them: a set of arrays
-    # per stream cost several numpy calls a stream, 1-5 µs each.
-    ts, values, seqs, indexes = _concatenate([part for _, parts in work for part in parts])
-    lengths = [sum(map(_size_of, parts)) for _, parts in work]
-    tunings = [detector.tuning_for(actor.tenant, actor.metric) for actor, _ in work]
-    states = [actor.record.detector for actor, _ in work]
-    sensitivities = [tuning.sensitivity for tuning in tunings]
-    scored = detector.detect_joined(states, values, ts, lengths, sensitivities)
-    anomalies: list[Anomaly] = []
-    start = 0
-    for (actor, _), n, tuning, (state, found) in zip(work, lengths, tunings, scored, strict=True):
-        end = start + n
-        at = slice(start, end)
-        anomalies += actor.absorb(tuning, ts[at], values[at], seqs[at], indexes[at], state, found)
-        start = end
-    return anomalies, start
-
-
 CHECKED_SUBJECTS = 1024
 """Subjects a worker remembers as checked: checking one (two patterns and the partition's
 hash, in Python) took ~4% of a node process's time draining single-point messages over
 1,000 streams; a worker of 64 holds ~16 of those. At most ~10 MB over 64 workers."""
-
-
-INLINE_BUDGET_US = 3000.0
-"""The most scoring the event loop of a process with one detection thread (a node of one
-process per core, `--processes 0`) does itself, blocking everything else meanwhile.
-
-There, a hand-over to the thread and back cost a paced batch of one or two messages ~15 ms
-(median) of waiting for the GIL and for the thread's other batches, against under 1 ms of
-scoring (two node processes at 200,000 events/s). A process with more threads has cores they
-score on beside the loop, which a backlog needs: one process on 2 cores scoring small
-batches inline handled 9,376 single-point messages/s against 13,082 on its threads."""
-CALL_US, POINT_US = 120.0, 1.5
-"""What scoring costs on this project's 2-core reference machine: a detector call has a fixed
-cost, then each point adds its own (`python -m bench.detect_cost`; ad hoc timings of one call
-on 1, 100 and 1,000 points). A piece scored by `detect_many` costs less (50 µs a stream at
-one point): the estimate errs on the side of the threads."""
-
-
-def _scoring_cost_us(work: list[tuple[StreamActor, list[Slice]]]) -> float:
-    points = sum(_size(part) for _, parts in work for part, _ in parts)
-    return CALL_US * len(work) + POINT_US * points
 
 
 def _pieces(batch: list[Delivery], max_streams: int) -> Iterator[list[Delivery]]:
@@ -625,38 +562,3 @@ def _content_type(headers: dict[str, str] | None) -> str | None:
     if found is None:
         found = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     return found
-
-
-def _size(part: DecodedPoints | Point) -> int:
-    return 1 if isinstance(part, tuple) else len(part.values)
-
-
-def _size_of(part: Slice) -> int:
-    return _size(part[0])
-
-
-def _concatenate(parts: list[Slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The parts' points, in order: timestamps, values, the sequence of the message each
-    came in and its index there."""
-    points = [p for p, _ in parts if isinstance(p, tuple)]
-    if len(points) == len(parts):  # single-point messages only: each array made once
-        return (
-            np.array([ts for ts, _ in points]),
-            np.array([value for _, value in points]),
-            np.array([seq for _, seq in parts], dtype=np.int64),
-            np.zeros(len(parts), dtype=np.int64),
-        )
-    first = parts[0][0]
-    if len(parts) == 1 and isinstance(first, DecodedPoints):
-        seqs = np.full(len(first.values), parts[0][1], dtype=np.int64)
-        return first.ts, first.values, seqs, first.index.astype(np.int64)
-    # Whole-list numpy calls only (a numpy call per part cost more than the detector's share
-    # of a point).
-    pieces = [p if isinstance(p, DecodedPoints) else one_point(*p) for p, _ in parts]
-    ts = np.concatenate([p.ts for p in pieces])
-    values = np.concatenate([p.values for p in pieces])
-    seqs = np.repeat(
-        np.array([s for _, s in parts], dtype=np.int64), [len(p.values) for p in pieces]
-    )
-    indexes = np.concatenate([p.index for p in pieces]).astype(np.int64)
-    return ts, values, seqs, indexes
