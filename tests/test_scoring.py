@@ -10,7 +10,7 @@ import pytest
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.detection import DetectionThreads
-from driftlock.actors.scoring import Scoring, Work, scoring_cost_us
+from driftlock.actors.scoring import Scoring, Work, points_of, scoring_cost_us
 from driftlock.detect import Detector
 from driftlock.wire.messages import Anomaly
 from driftlock.wire.payload import DecodedPoints
@@ -59,6 +59,10 @@ def piece(first: float, *metrics: str, points: int = 100, seq: int = 1) -> Work:
     return work
 
 
+def cost_us(work: Work) -> float:
+    return scoring_cost_us([points_of(parts) for _, parts in work])
+
+
 def scored_alone(detector: Detector, work: Work) -> list[tuple[StreamActor, list[Anomaly]]]:
     """Each stream of the piece applied on its own, the way `StreamActor.apply` does: its
     actor and its anomalies."""
@@ -98,8 +102,8 @@ async def test_the_loop_scores_what_its_budget_covers_and_a_thread_the_rest(
     """Pieces within the inline budget are scored on the event loop, as many a call as it
     covers; a piece beyond it alone goes to a detection thread."""
     small, other, large = piece(1.0, "a"), piece(2.0, "b"), piece(3.0, "c", points=400)
-    budget = scoring_cost_us(small) + 1.0
-    assert scoring_cost_us(large) > budget
+    budget = cost_us(small) + 1.0
+    assert cost_us(large) > budget
     scoring = Scoring(detector, threads, inline_budget_us=budget)
     await asyncio.gather(scoring.score(small), scoring.score(other), scoring.score(large))
     loop_thread = threading.current_thread().name
