@@ -1,18 +1,18 @@
 """Scoring the pieces of a process's partitions together, in one detector call.
 
 Under a paced load a partition's batch is a message or two (64 partitions share the
-stream), and a detector call on so little costs far more than its share of a call on many
-streams: the call's fixed part, and above all the caches and branch predictors, which the
-work between two calls has flushed. In a node of two processes at 250,000 paced events/s
-(100-point messages over 1,000 streams), a call on one piece of 1.36 streams cost ~255 µs of
-CPU a stream; scoring together the pieces that wait when the event loop gets to them, ~6
-streams a call, ~200 µs (node CPU a message -10 to -19%).
+stream), and a detector call on so little costs more than its share of a call on many
+streams: the call's fixed part, and the caches and branch predictors, which the work between
+two calls has flushed. In a node of two processes under paced 100-point messages over 1,000
+streams, a call on one piece (1.4 streams) cost 200-263 µs of CPU a stream; scoring together
+the pieces that wait when the event loop gets to them (5-8 streams a call) cost 183-230, 9-11%
+less (five pairs of runs, 250,000 and 400,000 events/s). The price: a piece waits for the
+loop's next turn and for the others' scoring, 2-4 ms more at the median under that load.
 
 Nothing waits on purpose: the pieces handed over while the loop was busy are scored at its
 next turn. (Holding a call back up to 5 ms to gather more made 8 streams a call and saved
-~5% more, but added those milliseconds to every anomaly of a stream sent one point at a
-time: idle p50 1.6 → 4.7 ms, and it slowed a backlog of single-point messages over 100,000
-streams by a third.)
+~5% more, but added those milliseconds to anomalies at an idle node, whose producer sends a
+point at a time: p50 1.6 → 4.7 ms in `bench.pipeline`.)
 
 Scoring is pure until the actors take the results (`StreamActor.absorb`): when the joint call
 fails, each piece is scored again alone, so a failure is only its own partition's.
@@ -51,7 +51,8 @@ Scored = tuple[list[Anomaly], int]
 class _Job:
     work: Work
     lengths: list[int]
-    """Each stream's points."""
+    """Each stream's points, counted once as the piece is handed over: counting them from
+    the slices for every estimate took 3.9% of a paced node's event loop (py-spy)."""
     cost_us: float
     done: "asyncio.Future[Scored]"
 
@@ -225,7 +226,7 @@ def scoring_cost_us(lengths: list[int]) -> float:
 
 def points_of(parts: list[Slice]) -> int:
     points = 0
-    for part, _ in parts:  # not sum() of a generator: ~4% of a paced node's event loop
+    for part, _ in parts:
         points += 1 if isinstance(part, tuple) else len(part.values)
     return points
 
