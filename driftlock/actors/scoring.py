@@ -4,10 +4,11 @@ Under a paced load a partition's batch is a message or two (64 partitions share 
 stream), and a detector call on so little costs more than its share of a call on many
 streams: the call's fixed part, and the caches and branch predictors, which the work between
 two calls has flushed. In a node of two processes under paced 100-point messages over 1,000
-streams, a call on one piece (1.4 streams) cost 200-263 µs of CPU a stream; scoring together
-the pieces that wait when the event loop gets to them (5-8 streams a call) cost 183-230, 9-11%
-less (five pairs of runs, 250,000 and 400,000 events/s). The price: a piece waits for the
-loop's next turn and for the others' scoring, 2-4 ms more at the median under that load.
+streams, a call on one piece (1.4-2.2 streams) cost 195-263 µs of CPU a stream; scoring
+together the pieces that wait when the event loop gets to them (5-10 streams a call) cost
+182-230, 8-17% less in seven pairs of runs of eight (250,000-450,000 events/s; one even). The
+price: a piece waits for the loop's next turn and for the others' scoring, 2-4 ms more at the
+median under that load.
 
 Nothing waits on purpose: the pieces handed over while the loop was busy are scored at its
 next turn. (Holding a call back up to 5 ms to gather more made 8 streams a call and saved
