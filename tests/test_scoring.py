@@ -137,3 +137,17 @@ async def test_a_piece_that_fails_fails_alone(
     assert scored[1] == 100
     assert good[0][0].record == reference.record
     assert bad[0][0].record.points == 0
+
+
+async def test_pieces_for_the_threads_are_shared_among_them(
+    detector: Detector, calls: list[tuple[list[float], str]]
+) -> None:
+    """Large pieces handed over together keep every detection thread busy: a call each."""
+    pool = DetectionThreads(2)
+    try:
+        scoring = Scoring(detector, pool, inline_budget_us=0.0)
+        await asyncio.gather(*(scoring.score(piece(float(k), f"m{k}")) for k in (1, 2, 3, 4)))
+    finally:
+        pool.shutdown()
+    assert sorted(first for firsts, _ in calls for first in firsts) == [1.0, 2.0, 3.0, 4.0]
+    assert len(calls) == 2 and all(len(firsts) == 2 for firsts, _ in calls)

@@ -30,6 +30,10 @@ class DetectionThreads:
         self._waiting: list[_Job] = []
         self._busy = 0
 
+    @property
+    def count(self) -> int:
+        return self._threads
+
     async def run(self, score: Callable[[], R]) -> R:
         """score() on a detection thread. Cancelled, it still returns only once the thread
         is done with it: what it scores must not change under the thread."""

@@ -7,8 +7,8 @@ between replays the batches since the last commit; detection is deterministic, s
 makes the same anomaly ids and DL_ANOMALIES drops the copies; it republishes to subscribers
 only what it stored.
 
-A batch's actors are scored together with the other partitions' waiting then, on the event
-loop or on the node's detection threads (`scoring.py`).
+A batch's streams are scored together with the batches other partitions hand over at the
+same time, on the event loop or on the node's detection threads (`scoring.py`).
 
 Commits gather batches: the worker commits what it applied once it has caught up with the
 stream and no message came for `IDLE_S`, or once `commit_interval_s` has passed since the

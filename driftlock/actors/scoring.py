@@ -99,8 +99,8 @@ class Scoring:
         self._waiting, self._start_due = later, bool(later)
         if later:
             loop.call_soon(self._start)
-        if threaded:
-            task = loop.create_task(self._score_on_thread(threaded))
+        for group in _groups(threaded, self._threads.count):
+            task = loop.create_task(self._score_on_thread(group))
             self._on_threads.add(task)
             task.add_done_callback(self._on_threads.discard)
         if inline:
@@ -127,9 +127,21 @@ class Scoring:
         _settle(jobs, results)
 
 
+def _groups(jobs: list[_Job], threads: int) -> list[list[_Job]]:
+    """The jobs in a call per thread at most, of about equal cost: a backlog's pieces, all
+    handed over at once, keep every detection thread busy."""
+    groups: list[list[_Job]] = [[] for _ in range(min(threads, len(jobs)))]
+    costs = [0.0] * len(groups)
+    for job in jobs:
+        least = costs.index(min(costs))
+        groups[least].append(job)
+        costs[least] += job.cost_us
+    return groups
+
+
 def _score(detector: Detector, jobs: list[_Job]) -> "list[Scored | BaseException]":
     """Every job's piece in one detector call, then each job's actors take their results;
-    a job whose actors fail to gets its exception, the others their results."""
+    a job whose actors fail to take theirs gets its exception, the others their results."""
     try:
         work = [item for job in jobs for item in job.work]
         detected = _detect(detector, work, [n for job in jobs for n in job.lengths])
@@ -167,7 +179,7 @@ class _Detected:
         tunings: list[StreamTuning],
         scored: list[tuple[DetectorState, Detections]],
     ) -> None:
-        self._work, self._points, self._lengths = work, points, lengths
+        self._work, self._points = work, points
         self._tunings, self._scored = tunings, scored
         self._starts = list(accumulate(lengths, initial=0))
 
