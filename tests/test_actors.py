@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
+from driftlock.actors.partition import _next_tick
 from driftlock.actors.scoring import (
     CALL_US,
     INLINE_BUDGET_US,
@@ -336,6 +337,53 @@ async def test_a_backlog_commits_each_stream_once_for_many_batches(
         backlog.check_scored_as_each_alone(node)
     finally:
         await node.shutdown()
+
+
+async def test_a_steady_flow_commits_on_the_ticks_not_at_every_pause(
+    node_settings: Settings, nc: Client
+) -> None:
+    """A message every 80 ms on a stream of each partition (the partitions 10 ms apart), with
+    a 1 s commit interval: a pause of 80 ms is no silence for a partition whose messages come
+    that often (QUIET_WAITS), so each stream is written at the ticks, a few times, not after
+    nearly every message as a fixed 50 ms silence had it. Once the flow stops, every
+    partition goes quiet and commits the rest."""
+    settings = node_settings.model_copy(update={"commit_interval_s": 1.0})
+    streams = {_p(m): m for m in (f"m{i}" for i in range(300))}
+    assert len(streams) == TEST_PARTITIONS
+    node = Node(settings)
+    await node.start()
+    try:
+
+        def written() -> float:
+            return metric(scrape(node.metrics_port), "driftlock_state_records_written_total")
+
+        before = written()
+        rounds = 30
+        for i in range(rounds):
+            for m in streams.values():
+                point = json.dumps([T0 + 60.0 * i, 5.0 + i % 3]).encode()
+                await nc.publish(f"dl.in.acme.{m}", point)
+                await nc.flush()
+                await asyncio.sleep(0.01)
+        messages = rounds * len(streams)
+
+        def all_applied() -> bool:
+            records = [node.store.read_actor(p, "acme", m) for p, m in streams.items()]
+            return all(r is not None and r.points == rounds for r in records)
+
+        await eventually(all_applied)
+        assert written() - before <= messages / 4
+    finally:
+        await node.shutdown()
+
+
+def test_commits_fall_due_on_the_ticks_of_the_interval() -> None:
+    """Every partition of a process commits on the same ticks: a change waits until the
+    next multiple of the interval, never longer than the interval; 0 commits at once."""
+    assert _next_tick(10.2, 0.5) == 10.5
+    assert _next_tick(10.5, 0.5) == 11.0
+    assert _next_tick(10.49, 0.5) == _next_tick(10.01, 0.5) == 10.5
+    assert _next_tick(7.25, 0.0) == 7.25
 
 
 POINTS = 15
