@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 
 from driftlock.actors.actor import StreamActor
 from driftlock.actors.node import Node
-from driftlock.actors.partition import _next_tick
+from driftlock.actors.partition import IDLE_S, QUIET_GAPS, Pace, _next_tick
 from driftlock.actors.scoring import (
     CALL_US,
     INLINE_BUDGET_US,
@@ -375,6 +375,27 @@ async def test_a_steady_flow_commits_on_the_ticks_not_at_every_pause(
         assert written() - before <= messages / 4
     finally:
         await node.shutdown()
+
+
+def test_a_partition_is_quiet_after_several_of_its_usual_gaps() -> None:
+    """Quiet is relative to the partition's pace, as its messages were stored: 10 gaps of a
+    steady flow, 50 ms after a backlog; a long silence counts as one commit interval, so a
+    burst after it is learnt in a few batches and is durable soon after it ends."""
+    steady = Pace(interval_s=0.5)
+    for i in range(40):
+        steady.learn(100.0 + 0.016 * i, 1)
+    assert 0.14 < steady.quiet_s() < 0.18
+    backlog = Pace(interval_s=0.5)
+    for i in range(40):
+        backlog.learn(100.0 + 0.001 * i, 100)
+    assert backlog.quiet_s() == IDLE_S
+    burst = Pace(interval_s=0.5)
+    burst.learn(100.0, 1)
+    burst.learn(160.0, 1)  # a minute of silence: one interval's worth
+    assert burst.quiet_s() <= QUIET_GAPS * 0.5 / 8
+    for i in range(25):
+        burst.learn(160.001 + 0.001 * i, 1)
+    assert burst.quiet_s() == IDLE_S
 
 
 def test_commits_fall_due_on_the_ticks_of_the_interval() -> None:

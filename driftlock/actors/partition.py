@@ -11,7 +11,7 @@ A batch's streams are scored together with the batches other partitions hand ove
 same time, on the event loop or on the node's detection threads (`scoring.py`).
 
 Commits gather batches: the worker commits what it applied once it has caught up with the
-stream and the stream went quiet (`_quiet_s`), or at the first tick of the process's clock
+stream and the stream went quiet (`Pace`), or at the first tick of the process's clock
 every `commit_interval_s` after the first uncommitted batch (`_next_tick`), or when a
 piece's worth of streams is waiting, or as it stops. A stream that appears in several
 batches meanwhile is written once: a state is ~26 kB whatever a batch added to it, and a
@@ -125,6 +125,30 @@ class _InFlight:
     applied: _Uncommitted
 
 
+@dataclass(slots=True)
+class Pace:
+    """How often a partition's messages come, to tell when it went quiet (see QUIET_GAPS):
+    the gap between its messages as they were stored, averaged over the last ~10 batches.
+    A gap counts at most a commit interval: a longer silence says nothing more (the commit
+    comes on the tick anyway), and after one the pace of the next burst is learnt in a few
+    batches, so the burst is durable soon after it ends."""
+
+    interval_s: float
+    usual_gap_s: float = 0.0
+    last_stored_at: float | None = None
+
+    def learn(self, last_stored_at: float, messages: int) -> None:
+        """A batch of `messages`, the last of them stored at `last_stored_at` (seconds)."""
+        if self.last_stored_at is not None:
+            gap = max(0.0, last_stored_at - self.last_stored_at) / messages
+            self.usual_gap_s += (min(gap, self.interval_s) - self.usual_gap_s) / 8
+        self.last_stored_at = last_stored_at
+
+    def quiet_s(self) -> float:
+        """The silence after which the partition is quiet."""
+        return max(IDLE_S, QUIET_GAPS * self.usual_gap_s)
+
+
 class PartitionWorker:
     def __init__(
         self,
@@ -160,10 +184,7 @@ class PartitionWorker:
         self._bytes_in_flight = 0
         self._commits = 0
         self._uncommitted: _Uncommitted | None = None
-        self._usual_gap_s = 0.0
-        """The time between the partition's messages as they were stored, on average over
-        the last ~10 batches (see QUIET_GAPS)."""
-        self._last_stored_at: float | None = None
+        self._pace = Pace(config.commit_interval_s)
         self._unsettled: dict[StreamKey, tuple[StreamActor, int]] = {}
         """Actors of uncommitted and unfinished commits, with the number of the last commit
         holding them."""
@@ -205,7 +226,7 @@ class PartitionWorker:
             while not self._stopping.is_set():
                 batch = await self._feed.next_batch(self._config.pull_batch, self._wait_s())
                 if batch:
-                    self._learn_pace(batch)
+                    self._pace.learn(batch[-1].stored_at, len(batch))
                 for piece in _pieces(batch, self._config.max_batch_streams):
                     await self._process(piece)
                     if self._stopping.is_set():
@@ -272,18 +293,7 @@ class PartitionWorker:
     def _wait_s(self) -> float:
         """How long the next pull may wait for messages before a commit is due."""
         until_due = self._until_due_s()
-        return 1.0 if until_due is None else max(0.0, min(self._quiet_s(), until_due))
-
-    def _quiet_s(self) -> float:
-        """The silence after which the partition is quiet (see QUIET_GAPS)."""
-        return max(IDLE_S, QUIET_GAPS * self._usual_gap_s)
-
-    def _learn_pace(self, batch: list[Delivery]) -> None:
-        last = batch[-1].stored_at
-        if self._last_stored_at is not None:
-            gap = max(0.0, last - self._last_stored_at) / len(batch)
-            self._usual_gap_s += (gap - self._usual_gap_s) / 8
-        self._last_stored_at = last
+        return 1.0 if until_due is None else max(0.0, min(self._pace.quiet_s(), until_due))
 
     async def _commit_if_due(self, *, idle: bool) -> None:
         """Commit when no message came for a while, or when changes waited long enough."""
