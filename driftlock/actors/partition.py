@@ -543,10 +543,9 @@ def _next_tick(since: float, interval: float) -> float:
     first change: their commits then come in one turn of the event loop, and the store's
     writer makes them one transaction and one fsync, not one each (under the paced load of
     QUIET_GAPS: 256-263 transactions in 17 s against 963-964, the writer's CPU 11-12 µs a
-    message against 17-18, the system's 24-27 against 29-30). On a disk where an fsync takes
-    milliseconds, one writer could not keep up with a transaction per partition and tick. The
-    price is that turn: each commit encodes its states there, a few µs a state. A change
-    still waits at most `interval`."""
+    message against 17-18, the system's 24-27 against 29-30). The price is that turn: each
+    commit encodes its states there, a few µs a state. A change still waits at most
+    `interval`."""
     if interval <= 0:
         return since
     return (math.floor(since / interval) + 1) * interval
