@@ -16,6 +16,17 @@ def test_pipeline_quick_mode_reports_numbers() -> None:
         assert scenario["rounds"]["end_to_end_eps"] == [scenario["end_to_end_eps"]]
     assert results["idle_latency_ms"]["p50"] > 0
     assert all(results[f"latency_ms_at_{r}eps"]["n"] > 0 for r in (20_000, 50_000, 75_000))
+    # The loaded phases run at shares of the columnar maximum on 1,000 streams, and say at
+    # what rate.
+    (columnar,) = (
+        s
+        for s in results["scenarios"]
+        if s["name"] == "100-point columnar" and s["streams"] == 1000
+    )
+    for share in (50, 90):
+        phase = results[f"latency_ms_at_{share}pct"]
+        assert phase["rate_eps"] == share / 100 * columnar["end_to_end_eps"]
+        assert f"{share}% of max throughput (columnar, {phase['rate_eps']:,.0f} events/s)" in out
 
 
 def test_pull_bench_compares_fetch_with_the_feed() -> None:
