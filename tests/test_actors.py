@@ -350,7 +350,7 @@ async def test_a_steady_flow_commits_on_the_ticks_not_at_every_pause(
 ) -> None:
     """A message every 80 ms on a stream of each partition (the partitions 10 ms apart), with
     a 1 s commit interval: a pause of 80 ms is no silence for a partition whose messages come
-    that often (QUIET_WAITS), so each stream is written at the ticks, a few times, not after
+    that often (QUIET_GAPS), so each stream is written at the ticks, a few times, not after
     nearly every message as a fixed 50 ms silence had it. Once the flow stops, every
     partition goes quiet and commits the rest."""
     settings = node_settings.model_copy(update={"commit_interval_s": 1.0})
