@@ -26,4 +26,4 @@ def fnv1a_32(data: bytes) -> int:
 
 @lru_cache(maxsize=65536)
 def partition_of(tenant: str, metric: str, partitions: int) -> int:
-    return int(fnv1a_32((tenant + metric).encode()) % partitions)
+    return fnv1a_32((tenant + metric).encode()) % partitions
